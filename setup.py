@@ -1,0 +1,46 @@
+"""
+Packaging of wsfabric.
+
+The ``twisted.plugins`` package is listed explicitly (with no
+``__init__.py`` of our own under ``twisted/``) so that ``twistd`` finds the
+``wsfabric``, ``wsfabric-gate`` and ``wsfabric-backend`` plugins after a
+plain ``pip install``.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="wsfabric",
+    version="0.1.0",
+    description="Real-time WebSocket systems on Twisted, from one process to a cluster.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["wsfabric", "wsfabric.*"]) + ["twisted.plugins"],
+    package_data={"wsfabric": ["static/*", "py.typed"]},
+    include_package_data=False,
+    install_requires=[
+        "twisted>=24.7.0",
+        # 26.7.1 fixes the decompression bomb GHSA-hxp9-w8x3-p566.
+        "autobahn[twisted]>=26.7.1",
+        "txredisapi>=1.6.0",
+        "protobuf>=5.26",
+        "zope.interface>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "websockets>=13.0",
+            "kosoku==0.1.0",
+            "hypothesis>=6.100",
+            "psutil>=5.9",
+            "playwright>=1.45",
+            "ruff>=0.6",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Internet :: WWW/HTTP",
+    ],
+)

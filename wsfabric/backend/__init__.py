@@ -1,0 +1,1 @@
+"""The backend: the dispatcher that runs the application, and the backend role."""

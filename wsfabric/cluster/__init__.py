@@ -1,0 +1,1 @@
+"""Implementations of the cluster seams (bus and index): in memory, and on Redis."""

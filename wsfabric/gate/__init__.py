@@ -1,0 +1,1 @@
+"""The gate: the clients it owns, the WebSocket edge, and the gate role."""

@@ -1,0 +1,250 @@
+"""
+The client-facing part of a node, shared by standalone mode and the cluster
+gate: its options, and the services that listen for clients and close them
+on shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+
+from wsfabric.errors import ConfigurationError
+from wsfabric.gate.gate import CLOSE_GOING_AWAY, Gate
+from wsfabric.gate.origins import OriginPolicy
+from wsfabric.gate.web import EdgeFactory, make_site
+from wsfabric.gate.websocket import EdgeSettings, FabricServerFactory
+from wsfabric.metrics import Metrics
+from wsfabric.options import non_negative_float, non_negative_int, positive_int
+
+#: Options of the client listener, for ``optParameters``.
+EDGE_PARAMETERS: list[list[Any]] = [
+    [
+        "listen",
+        "l",
+        "tcp:8080:interface=127.0.0.1",
+        "Endpoint for clients (WebSocket and HTTP), e.g. tcp:8080 or "
+        "ssl:443:privateKey=key.pem:certKey=cert.pem.",
+    ],
+    ["ws-path", None, "/ws", "Path of the WebSocket endpoint."],
+    ["static", None, None, "Serve the files of this directory at /."],
+    [
+        "max-message-size",
+        None,
+        1048576,
+        "Largest client message in bytes; a larger one closes the client with 1009.",
+        positive_int,
+    ],
+    [
+        "max-outbound-queue",
+        None,
+        1048576,
+        "Bytes that may wait for a client that is not reading before it is "
+        "closed with 1008 (slow consumer).",
+        positive_int,
+    ],
+    [
+        "handshake-timeout",
+        None,
+        5.0,
+        "Seconds a client has to complete the opening handshake.",
+        non_negative_float,
+    ],
+    [
+        "ping-interval",
+        None,
+        20.0,
+        "Seconds between WebSocket pings to each client (0: no pings).",
+        non_negative_float,
+    ],
+    [
+        "ping-timeout",
+        None,
+        10.0,
+        "Seconds a client has to answer a ping before it is dropped.",
+        non_negative_float,
+    ],
+    [
+        "max-connections",
+        None,
+        50000,
+        "Most clients held at once (0: no limit); over it, handshakes get HTTP 503.",
+        non_negative_int,
+    ],
+    [
+        "shutdown-timeout",
+        None,
+        5.0,
+        "Seconds to wait on shutdown for clients to finish their close handshake.",
+        non_negative_float,
+    ],
+]
+
+#: Flags of the client listener, for ``optFlags``.
+EDGE_FLAGS: list[list[Any]] = [
+    ["compression", None, "Accept permessage-deflate compression from clients."],
+]
+
+ALLOWED_ORIGIN_HELP = (
+    "A browser origin allowed to connect, e.g. https://app.example.com "
+    "(repeatable; * allows all). Default: same origin only."
+)
+
+
+def check_edge_options(options: usage.Options) -> None:
+    """
+    Validate the client listener's options and store the resulting
+    :class:`EdgeSettings` under ``"edge-settings"``.
+
+    :raises usage.UsageError: naming the bad option.
+    """
+    if not options["ws-path"].startswith("/"):
+        raise usage.UsageError("--ws-path must start with /")
+    static = options["static"]
+    if static is not None and not os.path.isdir(static):
+        raise usage.UsageError(f"--static {static}: no such directory")
+    try:
+        origins = OriginPolicy(options["allowed-origin"])
+    except ConfigurationError as e:
+        raise usage.UsageError(f"--allowed-origin: {e}") from None
+    if options["handshake-timeout"] <= 0:
+        raise usage.UsageError("--handshake-timeout must be more than 0")
+    options["edge-settings"] = EdgeSettings(
+        max_message_size=options["max-message-size"],
+        max_outbound_queue=options["max-outbound-queue"],
+        handshake_timeout=options["handshake-timeout"],
+        ping_interval=options["ping-interval"],
+        ping_timeout=options["ping-timeout"],
+        max_connections=options["max-connections"],
+        origins=origins,
+        compression=bool(options["compression"]),
+    )
+
+
+class ClientListenerService(StreamServerEndpointService):
+    """
+    Listens for clients. A listening failure (port in use, bad permissions)
+    becomes a one-line error that ends the process before it starts serving.
+
+    :param description: the endpoint string, for error messages.
+    """
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        # Report listening errors from privilegedStartService, before the
+        # reactor runs, instead of logging them later.
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        """
+        Start listening now.
+        """
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(
+                f"wsfabric: error: cannot listen on {self.description}: "
+                f"{e.socketError or e}"
+            ) from None
+
+
+class GateService(Service):
+    """
+    Runs a gate: joins the bus when it starts; on shutdown closes every
+    client with 1001 and waits (boundedly) for their close handshakes and
+    their ``on_close`` hooks.
+
+    :param gate: the gate.
+    :param factory: the WebSocket factory, to wait for its connections.
+    :param clock: for the shutdown bound.
+    :param shutdown_timeout: seconds to wait for clients on shutdown.
+    :param idle: returns a Deferred that fires once the application has
+        handled every pending event, or ``None``.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        gate: Gate,
+        factory: FabricServerFactory,
+        clock: Any,
+        shutdown_timeout: float,
+        idle: Any = None,
+    ) -> None:
+        self.gate = gate
+        self._factory = factory
+        self._clock = clock
+        self._shutdown_timeout = shutdown_timeout
+        self._idle = idle
+
+    def startService(self) -> None:
+        """
+        Join the bus's all-clients channel.
+        """
+        super().startService()
+        self.gate.start().addErrback(
+            lambda failure: self._log.failure("gate could not start", failure)
+        )
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Close every client with 1001 and wait for them, at most
+        ``shutdown_timeout`` seconds.
+        """
+        super().stopService()
+        count = len(self.gate)
+        if count:
+            self._log.info("closing {count} clients", count=count)
+        closing = [
+            protocol.is_closed for protocol in list(self._factory.connections)
+        ]
+        removed = self.gate.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        waits = [removed, DeferredList(closing)]
+        if self._idle is not None:
+            waits.append(self._idle())
+        done = gatherResults(waits, consumeErrors=True)
+        done.addTimeout(self._shutdown_timeout, self._clock)
+        done.addErrback(lambda _: None)
+        done.addCallback(lambda _: self.gate.stop())
+        return done.addCallback(lambda _: None)
+
+
+def make_client_listener(
+    options: usage.Options,
+    gate: Gate,
+    metrics: Metrics,
+    reactor: Any,
+) -> tuple[MultiService, FabricServerFactory]:
+    """
+    Build the client listener of a node.
+
+    :param options: parsed options with the edge options.
+    :param gate: the gate clients belong to.
+    :param metrics: the node's counters.
+    :param reactor: the reactor.
+    :return: the listener service and the WebSocket factory.
+    :raises SystemExit: if the listen endpoint is not valid.
+    """
+    settings: EdgeSettings = options["edge-settings"]
+    factory = FabricServerFactory(gate, settings, metrics, reactor)
+    site = make_site(options["ws-path"], options["static"], reactor)
+    edge = EdgeFactory(
+        factory, site, options["ws-path"], reactor, settings.handshake_timeout
+    )
+    try:
+        endpoint = serverFromString(reactor, options["listen"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(
+            f"wsfabric: error: --listen {options['listen']}: not a valid endpoint ({e})"
+        ) from None
+    return ClientListenerService(options["listen"], endpoint, edge), factory

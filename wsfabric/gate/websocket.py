@@ -1,0 +1,382 @@
+"""
+The WebSocket edge: an Autobahn server protocol and factory that translate
+between WebSocket connections and the :class:`~wsfabric.gate.gate.Gate`.
+
+The protocol decides nothing about routing. It checks the handshake (origin),
+turns frames into gate events, and carries the gate's messages out through a
+per-connection outbound queue bounded in bytes. The queue is driven by
+Twisted's producer/consumer protocol: the transport pauses the connection
+when its write buffer is full, messages then wait in the queue, and a client
+whose queue goes over the bound has stopped reading; it is closed with 1008
+"slow consumer" and the drop is counted.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from wsfabric.gate.gate import CLOSE_INTERNAL_ERROR, CLOSE_POLICY, Gate
+from wsfabric.gate.origins import OriginPolicy
+from wsfabric.interfaces import IClientConnection
+from wsfabric.message import ConnectRequest, SharedMessage
+from wsfabric.metrics import Metrics
+
+# Autobahn's connection states.
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+_CLOSING = WebSocketServerProtocol.STATE_CLOSING
+_CLOSED = WebSocketServerProtocol.STATE_CLOSED
+
+_SMALL = struct.Struct("!BB")
+_MEDIUM = struct.Struct("!BBH")
+_LARGE = struct.Struct("!BBQ")
+
+#: Marks a close queued behind messages that are still waiting to go out.
+_CLOSE_MARK = object()
+
+
+def frame(payload: bytes, is_binary: bool) -> bytes:
+    """
+    Frame one unfragmented, unmasked, uncompressed WebSocket message, as a
+    server sends it (RFC 6455 section 5.2).
+
+    :param payload: the message payload.
+    :param is_binary: binary (opcode 2) or text (opcode 1).
+    :return: the frame.
+    """
+    first = 0x82 if is_binary else 0x81
+    size = len(payload)
+    if size < 126:
+        return _SMALL.pack(first, size) + payload
+    if size < 0x10000:
+        return _MEDIUM.pack(first, 126, size) + payload
+    return _LARGE.pack(first, 127, size) + payload
+
+
+def _truncate_utf8(text: str, limit: int = 123) -> str:
+    # A close reason is at most 123 bytes of UTF-8 (RFC 6455 5.5); cut on a
+    # character boundary.
+    data = text.encode("utf-8")[:limit]
+    return data.decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """
+    The limits and policies of a WebSocket edge.
+
+    :ivar max_message_size: largest client message in bytes; a larger one
+        closes the client with 1009.
+    :ivar max_outbound_queue: bytes that may wait for a client that is not
+        reading before it is closed as a slow consumer.
+    :ivar handshake_timeout: seconds a client has to complete the opening
+        handshake.
+    :ivar ping_interval: seconds between server pings (0 disables them).
+    :ivar ping_timeout: seconds a client has to answer a ping.
+    :ivar max_connections: most clients held at once (0 for no limit); over it
+        the handshake gets HTTP 503.
+    :ivar origins: the allowed browser origins.
+    :ivar compression: whether permessage-deflate is accepted.
+    """
+
+    max_message_size: int = 1048576
+    max_outbound_queue: int = 1048576
+    handshake_timeout: float = 5.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 10.0
+    max_connections: int = 50000
+    origins: OriginPolicy = field(default_factory=OriginPolicy)
+    compression: bool = False
+
+
+@implementer(IClientConnection)
+class FabricServerProtocol(WebSocketServerProtocol):
+    """
+    One client's WebSocket connection.
+    """
+
+    # Autobahn already uses ``log``.
+    _log = Logger()
+
+    client_id: str | None = None
+    _request: ConnectRequest | None = None
+    _paused = False
+    _outbound: deque[tuple[Any, int]] | None = None
+    _outbound_bytes = 0
+
+    # -- Twisted and Autobahn callbacks ----------------------------------------------
+
+    def connectionMade(self) -> None:
+        """
+        Count the connection in the factory, which waits for its connections
+        on shutdown.
+        """
+        self.factory.connections.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any) -> None:
+        """
+        Forget the connection.
+        """
+        self.factory.connections.discard(self)
+        super().connectionLost(reason)
+
+    def onConnect(self, request: Any) -> None:
+        """
+        Check the handshake and keep what the application will see of it.
+        """
+        factory: FabricServerFactory = self.factory
+        headers = request.headers
+        if not factory.settings.origins.allows(
+            headers.get("origin"), headers.get("host")
+        ):
+            factory.metrics.dropped("origin")
+            raise ConnectionDeny(403, "origin not allowed")
+        self._request = ConnectRequest(
+            peer=request.peer,
+            path=request.path,
+            params={name: values[0] for name, values in request.params.items() if values},
+            headers=dict(headers),
+        )
+        return None
+
+    def onOpen(self) -> None:
+        """
+        The handshake is done: register as the transport's producer and hand
+        the client to the gate.
+        """
+        # onOpen runs in a Deferred chain without an errback, so an error
+        # here would go unnoticed and leave the client hanging.
+        try:
+            self.transport.registerProducer(self, True)
+            self.client_id = self.factory.gate.client_opened(self, self._request)
+        except Exception:
+            self._log.failure("could not open a client connection")
+            self.sendCloseFrame(CLOSE_INTERNAL_ERROR, b"internal error", isReply=False)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """
+        A message from the client: text as ``str``, binary as ``bytes``.
+        """
+        if self.client_id is not None:
+            self.factory.gate.client_message(
+                self.client_id, payload if isBinary else payload.decode("utf-8")
+            )
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """
+        The connection has gone: tell the gate.
+        """
+        self._outbound = None
+        if self.client_id is not None:
+            self.factory.metrics.closed_with(code)
+            self.factory.gate.client_closed(self.client_id)
+
+    # -- IPushProducer: the transport tells us when its buffer is full -------------
+
+    def pauseProducing(self) -> None:
+        """
+        The transport's write buffer is full: queue messages instead.
+        """
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        The transport has drained: write what waited.
+        """
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        """
+        The transport is going away.
+        """
+        self._paused = True
+        self._outbound = None
+
+    # -- IClientConnection -----------------------------------------------------------
+
+    def deliver(self, message: str | bytes) -> None:
+        """
+        Send ``message`` now, or queue it while the client is behind.
+        """
+        if type(message) is str:
+            payload, is_binary = message.encode("utf-8"), False
+        else:
+            payload, is_binary = message, True
+        if self._perMessageCompress is None:
+            self._send(frame(payload, is_binary), len(payload))
+        else:
+            self._send((payload, is_binary), len(payload))
+
+    def deliver_shared(self, shared: SharedMessage) -> None:
+        """
+        Send a message shared by many recipients, framed once for all.
+        """
+        if self._perMessageCompress is None:
+            framed = shared.framed.get("ws")
+            if framed is None:
+                framed = shared.framed["ws"] = frame(shared.payload, shared.is_binary)
+            self._send(framed, len(shared.payload))
+        else:
+            self._send((shared.payload, shared.is_binary), len(shared.payload))
+
+    def close(self, code: int, reason: str) -> None:
+        """
+        Close the connection with ``code``, after the messages already queued.
+        """
+        if self.state != _OPEN:
+            if self.state not in (_CLOSING, _CLOSED):
+                # Still in the handshake: nothing to close gracefully.
+                self.dropConnection(abort=True)
+            return
+        if self._outbound:
+            self._outbound.append((_CLOSE_MARK, (code, reason)))
+        else:
+            self._send_close(code, reason)
+
+    def pause_reading(self) -> None:
+        """
+        Stop reading from the client.
+        """
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """
+        Read from the client again.
+        """
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    # -- the outbound queue ------------------------------------------------------------
+
+    def _send(self, item: Any, size: int) -> None:
+        if self.state != _OPEN:
+            return
+        if self._outbound is None and not self._paused:
+            self._write(item, size)
+            return
+        if self._outbound is None:
+            self._outbound = deque()
+        self._outbound.append((item, size))
+        self._outbound_bytes += size
+        if self._outbound_bytes > self.factory.settings.max_outbound_queue:
+            self._slow_consumer()
+
+    def _write(self, item: Any, size: int) -> None:
+        if type(item) is bytes:
+            self.transport.write(item)
+        else:
+            payload, is_binary = item
+            self.sendMessage(payload, is_binary)
+        self.factory.metrics.message_out(size)
+
+    def _flush(self) -> None:
+        outbound = self._outbound
+        while outbound and not self._paused:
+            item, size = outbound.popleft()
+            if item is _CLOSE_MARK:
+                self._outbound = None
+                self._outbound_bytes = 0
+                self._send_close(*size)
+                return
+            self._outbound_bytes -= size
+            if self.state == _OPEN:
+                self._write(item, size)
+        if outbound is not None and not outbound:
+            self._outbound = None
+            self._outbound_bytes = 0
+
+    def _slow_consumer(self) -> None:
+        factory = self.factory
+        factory.metrics.dropped("slow_consumer")
+        factory.metrics.dropped("slow_consumer_messages", len(self._outbound or ()))
+        self._outbound = None
+        self._outbound_bytes = 0
+        self._log.warn(
+            "client {client_id} stopped reading ({limit} bytes queued); "
+            "closing it as a slow consumer",
+            client_id=self.client_id,
+            limit=factory.settings.max_outbound_queue,
+        )
+        if self.client_id is not None:
+            # The gate forgets the client at once; its close comes back here.
+            factory.gate.close_client(self.client_id, CLOSE_POLICY, "slow consumer")
+        else:
+            self._send_close(CLOSE_POLICY, "slow consumer")
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self.state == _OPEN:
+            # sendCloseFrame, not sendClose: the gate also closes with codes
+            # reserved for endpoints (1001, 1008, 1011), which sendClose
+            # refuses. Autobahn drops the TCP connection if the client does
+            # not answer within the close handshake timeout.
+            self.sendCloseFrame(
+                code=code,
+                reasonUtf8=_truncate_utf8(reason).encode("utf-8"),
+                isReply=False,
+            )
+
+
+class FabricServerFactory(WebSocketServerFactory):
+    """
+    Builds :class:`FabricServerProtocol` connections for one gate.
+
+    :param gate: the gate the connections belong to.
+    :param settings: limits and policies.
+    :param metrics: the counters to update.
+    :param reactor: the reactor Autobahn schedules its timers on.
+    """
+
+    protocol = FabricServerProtocol
+
+    def __init__(
+        self, gate: Gate, settings: EdgeSettings, metrics: Metrics, reactor: Any
+    ) -> None:
+        super().__init__(reactor=reactor)
+        # Autobahn uses ``server`` for its Server header, so the gate gets
+        # another name.
+        self.gate = gate
+        self.settings = settings
+        self.metrics = metrics
+        #: The open connections (handshaking or open).
+        self.connections: set[FabricServerProtocol] = set()
+        options: dict[str, Any] = dict(
+            maxFramePayloadSize=settings.max_message_size,
+            maxMessagePayloadSize=settings.max_message_size,
+            openHandshakeTimeout=settings.handshake_timeout,
+            closeHandshakeTimeout=1,
+            autoPingInterval=settings.ping_interval,
+            autoPingTimeout=settings.ping_timeout,
+            maxConnections=settings.max_connections,
+            # Send a close frame (1009 for an oversize message, 1002 for a
+            # protocol error) rather than just dropping the TCP connection,
+            # so clients learn why.
+            failByDrop=False,
+            # Origins are checked in onConnect, which answers 403.
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+        )
+        if settings.compression:
+            options["perMessageCompressionAccept"] = _accept_deflate
+        self.setProtocolOptions(**options)
+
+
+def _accept_deflate(offers: list[Any]) -> Any:
+    from autobahn.websocket.compress import (
+        PerMessageDeflateOffer,
+        PerMessageDeflateOfferAccept,
+    )
+
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None

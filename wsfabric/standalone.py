@@ -1,0 +1,171 @@
+"""
+``twistd wsfabric``: standalone mode.
+
+The gate and the backend run in one process over the in-memory bus and
+index, with exactly the semantics of a cluster. No Redis is needed; this is
+where a newcomer starts::
+
+    twistd -n wsfabric --app examples.chat.app:ChatApp --static examples/chat/static
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from wsfabric.backend.dispatcher import Dispatcher
+from wsfabric.cluster.memory import MemoryBus, MemoryIndex
+from wsfabric.fabric import Fabric
+from wsfabric.gate.edge import (
+    ALLOWED_ORIGIN_HELP,
+    EDGE_FLAGS,
+    EDGE_PARAMETERS,
+    GateService,
+    check_edge_options,
+    make_client_listener,
+)
+from wsfabric.gate.gate import Gate
+from wsfabric.ids import new_gate_id
+from wsfabric.interfaces import IApplication, IFabric, IGateControl
+from wsfabric.metrics import Metrics
+from wsfabric.options import WsfabricOptions, load_app_factory
+
+APP_PARAMETERS: list[list[Any]] = [
+    ["app", "a", None, "The application: module.path:Name, a callable taking the fabric."],
+    ["app-dir", None, ".", "Directory searched first for the --app module."],
+]
+
+
+class Options(WsfabricOptions):
+    """
+    Options of ``twistd wsfabric``.
+    """
+
+    command = "wsfabric"
+    synopsis = "--app module.path:Name [options]"
+    longdesc = (
+        "Run a wsfabric application standalone: WebSocket clients, the "
+        "application and the whole IFabric API in one process, no Redis needed."
+    )
+    optParameters = WsfabricOptions.optParameters + APP_PARAMETERS + EDGE_PARAMETERS
+    optFlags = EDGE_FLAGS
+    repeatable = ("allowed-origin",)
+
+    def opt_allowed_origin(self, origin: str) -> None:  # noqa: D102 (set below)
+        self.append("allowed-origin", origin)
+
+    opt_allowed_origin.__doc__ = ALLOWED_ORIGIN_HELP
+
+    def postOptions(self) -> None:
+        """
+        Check the options and find the application.
+        """
+        super().postOptions()
+        if not self["app"]:
+            raise usage.UsageError("--app is required (e.g. --app examples.echo.app:EchoApp)")
+        self["app-factory"] = load_app_factory(self["app"], self["app-dir"])
+        check_edge_options(self)
+
+
+def build_application(factory: Any, spec: str, fabric: IFabric) -> IApplication:
+    """
+    Call the ``--app`` callable with the fabric.
+
+    :param factory: the callable.
+    :param spec: how ``--app`` named it, for error messages.
+    :param fabric: the fabric to give it.
+    :return: the application.
+    :raises SystemExit: with a one-line message if the callable fails or its
+        result does not provide :class:`~wsfabric.interfaces.IApplication`.
+    """
+    try:
+        app = factory(fabric)
+    except Exception as e:
+        raise SystemExit(
+            f"wsfabric: error: --app {spec}: creating the application failed: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+    if not IApplication.providedBy(app):
+        raise SystemExit(
+            f"wsfabric: error: --app {spec}: {type(app).__name__} does not provide "
+            "IApplication (declare it with @implementer(IApplication))"
+        )
+    return app
+
+
+def make_standalone(
+    app_factory: Any,
+    reactor: Any,
+    metrics: Metrics | None = None,
+    spec: str = "the application",
+) -> tuple[Gate, Dispatcher, Fabric, IApplication]:
+    """
+    Wire the pieces of a standalone node: gate, in-memory bus and index,
+    fabric, application, dispatcher.
+
+    :param app_factory: the ``--app`` callable.
+    :param reactor: the reactor (unused today; taken for symmetry with the
+        cluster roles).
+    :param metrics: the counters, or ``None`` for new ones.
+    :param spec: how the application was named, for error messages.
+    :return: the gate, the dispatcher, the fabric and the application.
+    """
+    metrics = metrics if metrics is not None else Metrics()
+    index = MemoryIndex()
+    bus = MemoryBus()
+    gate_id = new_gate_id()
+    gate: Gate
+
+    def locate_gate(wanted: str) -> IGateControl | None:
+        return gate if wanted == gate_id else None
+
+    def flow_control(client_id: str, paused: bool) -> None:
+        if paused:
+            gate.pause_client(client_id)
+        else:
+            gate.resume_client(client_id)
+
+    fabric = Fabric(index, bus, locate_gate)
+    app = build_application(app_factory, spec, fabric)
+    dispatcher = Dispatcher(app, metrics, flow_control)
+    gate = Gate(gate_id, index, bus, dispatcher, metrics)
+    return gate, dispatcher, fabric, app
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the service tree of ``twistd wsfabric``.
+    """
+    from twisted.internet import reactor
+
+    return make_service(options, reactor)
+
+
+def make_service(options: Options, reactor: Any) -> MultiService:
+    """
+    :param options: parsed options.
+    :param reactor: the reactor to run on.
+    :return: the service tree: the gate, then the client listener (so that on
+        shutdown the listener stops accepting before the gate closes its
+        clients).
+    """
+    metrics = Metrics()
+    gate, dispatcher, fabric, app = make_standalone(
+        options["app-factory"], reactor, metrics, options["app"]
+    )
+    listener, factory = make_client_listener(options, gate, metrics, reactor)
+    root = MultiService()
+    # Kept on the root so tests and the admin listener can reach them.
+    root.gate = gate  # type: ignore[attr-defined]
+    root.fabric = fabric  # type: ignore[attr-defined]
+    root.metrics = metrics  # type: ignore[attr-defined]
+    GateService(
+        gate, factory, reactor, options["shutdown-timeout"], dispatcher.when_idle
+    ).setServiceParent(root)
+    listener.setServiceParent(root)
+    return root
+
+
+__all__ = ["Options", "makeService", "make_service", "make_standalone"]
