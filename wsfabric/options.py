@@ -83,6 +83,10 @@ class WsfabricOptions(usage.Options):
         for name in self.repeatable:
             self[name] = []
         self._from_file: set[str] = set()
+        # Twisted's coercion errors do not say which option was wrong.
+        for name, handler in list(self._dispatch.items()):
+            if type(handler) is usage.CoerceParameter:
+                self._dispatch[name] = _NamedCoerceParameter(self, handler.coerce)
 
     def append(self, name: str, value: str) -> None:
         """
@@ -162,6 +166,20 @@ class WsfabricOptions(usage.Options):
             and not any(arg.startswith("--pidfile") for arg in sys.argv)
         ):
             parent["pidfile"] = ""
+
+
+class _NamedCoerceParameter(usage.CoerceParameter):
+    """
+    A coerced parameter whose errors name the option and the value.
+    """
+
+    def dispatch(self, parameterName: str, value: str | None) -> None:
+        if value is None:
+            raise usage.UsageError(f"--{parameterName} requires a value")
+        try:
+            self.options.opts[parameterName] = self.coerce(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{parameterName} {value!r}: {e}") from None
 
 
 def _config_path(arguments: list[str]) -> str | None:

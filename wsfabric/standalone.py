@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.python import usage
 
 from wsfabric.backend.dispatcher import Dispatcher
@@ -31,6 +31,7 @@ from wsfabric.ids import new_gate_id
 from wsfabric.interfaces import IApplication, IFabric, IGateControl
 from wsfabric.metrics import Metrics
 from wsfabric.options import WsfabricOptions, load_app_factory
+from wsfabric.service import NodeService, fatal
 
 APP_PARAMETERS: list[list[Any]] = [
     ["app", "a", None, "The application: module.path:Name, a callable taking the fabric."],
@@ -77,20 +78,17 @@ def build_application(factory: Any, spec: str, fabric: IFabric) -> IApplication:
     :param spec: how ``--app`` named it, for error messages.
     :param fabric: the fabric to give it.
     :return: the application.
-    :raises SystemExit: with a one-line message if the callable fails or its
-        result does not provide :class:`~wsfabric.interfaces.IApplication`.
+    :raises SystemExit: after a one-line message, if the callable fails or
+        its result does not provide :class:`~wsfabric.interfaces.IApplication`.
     """
     try:
         app = factory(fabric)
     except Exception as e:
-        raise SystemExit(
-            f"wsfabric: error: --app {spec}: creating the application failed: "
-            f"{type(e).__name__}: {e}"
-        ) from None
+        fatal(f"--app {spec}: creating the application failed: {type(e).__name__}: {e}")
     if not IApplication.providedBy(app):
-        raise SystemExit(
-            f"wsfabric: error: --app {spec}: {type(app).__name__} does not provide "
-            "IApplication (declare it with @implementer(IApplication))"
+        fatal(
+            f"--app {spec}: {type(app).__name__} does not provide IApplication "
+            "(declare it with @implementer(IApplication))"
         )
     return app
 
@@ -143,7 +141,7 @@ def makeService(options: Options) -> IService:
     return make_service(options, reactor)
 
 
-def make_service(options: Options, reactor: Any) -> MultiService:
+def make_service(options: Options, reactor: Any) -> NodeService:
     """
     :param options: parsed options.
     :param reactor: the reactor to run on.
@@ -156,7 +154,7 @@ def make_service(options: Options, reactor: Any) -> MultiService:
         options["app-factory"], reactor, metrics, options["app"]
     )
     listener, factory = make_client_listener(options, gate, metrics, reactor)
-    root = MultiService()
+    root = NodeService(reactor)
     # Kept on the root so tests and the admin listener can reach them.
     root.gate = gate  # type: ignore[attr-defined]
     root.fabric = fabric  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -24,6 +24,7 @@ from wsfabric.gate.web import EdgeFactory, make_site
 from wsfabric.gate.websocket import EdgeSettings, FabricServerFactory
 from wsfabric.metrics import Metrics
 from wsfabric.options import non_negative_float, non_negative_int, positive_int
+from wsfabric.service import fatal
 
 #: Options of the client listener, for ``optParameters``.
 EDGE_PARAMETERS: list[list[Any]] = [
@@ -151,10 +152,8 @@ class ClientListenerService(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            raise SystemExit(
-                f"wsfabric: error: cannot listen on {self.description}: "
-                f"{e.socketError or e}"
-            ) from None
+            reason = e.socketError.strerror if e.socketError is not None else str(e)
+            fatal(f"cannot listen on {self.description}: {reason}")
 
 
 class GateService(Service):
@@ -224,7 +223,7 @@ def make_client_listener(
     gate: Gate,
     metrics: Metrics,
     reactor: Any,
-) -> tuple[MultiService, FabricServerFactory]:
+) -> tuple[ClientListenerService, FabricServerFactory]:
     """
     Build the client listener of a node.
 
@@ -244,7 +243,5 @@ def make_client_listener(
     try:
         endpoint = serverFromString(reactor, options["listen"])
     except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(
-            f"wsfabric: error: --listen {options['listen']}: not a valid endpoint ({e})"
-        ) from None
+        fatal(f"--listen {options['listen']}: not a valid endpoint ({e})")
     return ClientListenerService(options["listen"], endpoint, edge), factory

@@ -1,0 +1,475 @@
+/*
+ * wsfabric chat example — the page logic. Needs /wsfabric.js loaded first.
+ *
+ * Protocol: one JSON object per text frame.
+ *   client -> server
+ *     {"type":"login","nick":"alice"}            nick = uid, 1-32 characters
+ *     {"type":"join","room":"lobby"}   {"type":"leave","room":"lobby"}
+ *     {"type":"say","room":"lobby","text":"hi"}
+ *     {"type":"pm","to":"bob","text":"psst"}
+ *     {"type":"who","room":"lobby"}    {"type":"rooms"}
+ *   server -> client
+ *     welcome {nick, client_id, rooms:[{name,count}], online:[nick]}
+ *     joined / left {room, nick}           to the room's members
+ *     members {room, nicks}                 after a join, and answering who
+ *     message {room, from, text, ts}
+ *     private {from, to, text, ts}          to both parties' connections
+ *     rooms {rooms:[{name,count}]}
+ *     online {nicks}                        on every login and disconnect
+ *     error {message}
+ *
+ * The server echoes our own say/pm back, so nothing is shown locally before
+ * the server has it. After a reconnect the server has forgotten us: the
+ * 'open' handler logs in again and rejoins every room we were in. The
+ * server handles one client's messages in the order sent, so those joins
+ * (and anything typed while offline, which wsfabric.js queues and sends after
+ * the 'open' listeners) arrive after the login.
+ *
+ * All user text goes into the page through textContent, never innerHTML.
+ */
+(function () {
+  'use strict';
+
+  const MAX_LINES = 500; // per conversation, oldest dropped first
+  const ROOMS_REFRESH_MS = 10000;
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    status: $('status'), me: $('me'), reconnect: $('reconnect'), error: $('error'),
+    loginView: $('login-view'), loginForm: $('login-form'), nick: $('nick'),
+    chatView: $('chat-view'), rooms: $('rooms'), joinForm: $('join-form'),
+    roomInput: $('room-input'), online: $('online'), tabs: $('tabs'),
+    conversation: $('conversation'), leave: $('leave'), messages: $('messages'),
+    sendForm: $('send-form'), text: $('text'), members: $('members'),
+  };
+
+  const state = {
+    wantedNick: null,   // nick to log in with (again, after a reconnect)
+    nick: null,         // nick confirmed by the server's welcome
+    ready: false,       // welcomed on the current socket
+    wantedRooms: new Set(), // rooms to be in; rejoined after a reconnect
+    roomList: [],       // [{name, count}] from the server
+    online: [],         // nicks
+    convs: new Map(),   // key -> {kind, name, lines, unread, members}
+    current: null,      // key of the shown conversation
+    selectOnJoin: null, // room the user just asked to join
+  };
+
+  const key = (kind, name) => kind + ':' + name;
+
+  // -- connection ---------------------------------------------------------------
+
+  const conn = wsfabric.connect();
+
+  function send(obj) {
+    try {
+      conn.send(JSON.stringify(obj));
+      return true;
+    } catch (err) {
+      showError('not connected: ' + err.message);
+      return false;
+    }
+  }
+
+  conn.on('open', () => {
+    setStatus('connected', 'connected');
+    if (state.wantedNick) {
+      setStatus('connected', 'logging in…');
+      send({ type: 'login', nick: state.wantedNick });
+      for (const room of state.wantedRooms) send({ type: 'join', room: room });
+    }
+  });
+
+  conn.on('close', (code, reason, willReconnect) => {
+    state.ready = false;
+    if (!willReconnect) {
+      setStatus('closed', 'disconnected (' + code + (reason ? ': ' + reason : '') + ')');
+      el.reconnect.hidden = false;
+    } else {
+      setStatus('reconnecting', 'connection lost, reconnecting…');
+    }
+  });
+
+  conn.on('reconnecting', (attempt, delay) => {
+    setStatus('reconnecting', 'reconnecting in ' + (delay / 1000).toFixed(1) + ' s (attempt ' + attempt + ')');
+  });
+
+  conn.on('error', (err) => {
+    // Socket errors are followed by 'close', which says what happens next.
+    if (err.code !== 'SOCKET_ERROR') showError(err.message);
+  });
+
+  conn.on('message', (data) => {
+    if (typeof data !== 'string') return; // the chat protocol is text only
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch (err) {
+      console.warn('chat: not JSON', data);
+      return;
+    }
+    const handler = handlers[msg && msg.type];
+    if (handler) handler(msg);
+    else console.warn('chat: unknown message', msg);
+  });
+
+  // -- server messages ----------------------------------------------------------
+
+  const handlers = {
+    welcome(m) {
+      state.nick = state.wantedNick = m.nick;
+      state.ready = true;
+      el.me.textContent = m.nick;
+      el.loginView.hidden = true;
+      el.chatView.hidden = false;
+      setStatus('ready', 'online');
+      clearError();
+      setRooms(m.rooms || []);
+      setOnline(m.online || []);
+      if (!state.current) el.roomInput.focus();
+    },
+
+    joined(m) {
+      if (m.nick === state.nick) {
+        if (!state.wantedRooms.has(m.room)) return; // left meanwhile
+        const conv = ensureConv('room', m.room);
+        if (state.selectOnJoin === m.room || !state.current) {
+          state.selectOnJoin = null;
+          select(conv);
+        }
+      }
+      const conv = state.convs.get(key('room', m.room));
+      if (!conv) return;
+      conv.members.add(m.nick);
+      addLine(conv, { kind: 'system', text: m.nick + ' joined #' + m.room });
+      if (isCurrent(conv)) renderMembers();
+      refreshRoomsSoon();
+    },
+
+    left(m) {
+      const conv = state.convs.get(key('room', m.room));
+      if (!conv || m.nick === state.nick) return;
+      conv.members.delete(m.nick);
+      addLine(conv, { kind: 'system', text: m.nick + ' left #' + m.room });
+      if (isCurrent(conv)) renderMembers();
+      refreshRoomsSoon();
+    },
+
+    members(m) {
+      if (!state.wantedRooms.has(m.room)) return;
+      const conv = ensureConv('room', m.room);
+      conv.members = new Set(m.nicks || []);
+      if (!state.current || state.selectOnJoin === m.room) {
+        state.selectOnJoin = null;
+        select(conv);
+      } else if (isCurrent(conv)) {
+        renderMembers();
+      }
+    },
+
+    message(m) {
+      const conv = state.convs.get(key('room', m.room));
+      if (conv) addLine(conv, { kind: 'message', from: m.from, text: m.text, ts: m.ts });
+    },
+
+    private(m) {
+      const peer = m.from === state.nick ? m.to : m.from;
+      addLine(ensureConv('pm', peer), { kind: 'private', from: m.from, text: m.text, ts: m.ts });
+    },
+
+    rooms(m) {
+      setRooms(m.rooms || []);
+    },
+
+    online(m) {
+      setOnline(m.nicks || []);
+    },
+
+    error(m) {
+      const text = String(m.message || 'error');
+      if (!state.ready && !state.nick) {
+        // Not logged in yet: the login was refused; let the user retry.
+        state.wantedNick = null;
+        setStatus('connected', 'connected');
+      }
+      showError(text);
+      const conv = state.convs.get(state.current);
+      if (conv) addLine(conv, { kind: 'system', text: 'error: ' + text });
+    },
+  };
+
+  // -- user actions -------------------------------------------------------------
+
+  el.loginForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const nick = el.nick.value.trim();
+    const length = Array.from(nick).length; // code points, as the server counts
+    if (length < 1 || length > 32) {
+      showError('a nickname has 1 to 32 characters');
+      return;
+    }
+    clearError();
+    state.wantedNick = nick;
+    // While not connected, the 'open' handler sends the login.
+    if (conn.state === 'open') {
+      setStatus('connected', 'logging in…');
+      send({ type: 'login', nick: nick });
+    }
+  });
+
+  el.joinForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    joinRoom(el.roomInput.value.trim());
+    el.roomInput.value = '';
+  });
+
+  el.rooms.addEventListener('click', (ev) => {
+    const li = ev.target.closest('li[data-room]');
+    if (li) joinRoom(li.dataset.room);
+  });
+
+  el.online.addEventListener('click', (ev) => {
+    const li = ev.target.closest('li[data-nick]');
+    if (!li || li.dataset.nick === state.nick) return;
+    select(ensureConv('pm', li.dataset.nick));
+    el.text.focus();
+  });
+
+  el.tabs.addEventListener('click', (ev) => {
+    const tab = ev.target.closest('button[data-kind]');
+    if (tab) select(state.convs.get(key(tab.dataset.kind, tab.dataset.name)));
+  });
+
+  el.leave.addEventListener('click', () => {
+    const conv = state.convs.get(state.current);
+    if (!conv) return;
+    if (conv.kind === 'room') {
+      state.wantedRooms.delete(conv.name);
+      send({ type: 'leave', room: conv.name });
+      refreshRoomsSoon();
+    }
+    state.convs.delete(state.current);
+    state.current = null;
+    const next = state.convs.values().next().value;
+    if (next) select(next);
+    else renderAll();
+  });
+
+  el.sendForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const text = el.text.value;
+    if (!text.trim()) return;
+    const conv = state.convs.get(state.current);
+    if (!conv) {
+      showError('join a room or pick an online user first');
+      return;
+    }
+    const ok =
+      conv.kind === 'room'
+        ? send({ type: 'say', room: conv.name, text: text })
+        : send({ type: 'pm', to: conv.name, text: text });
+    if (ok) el.text.value = '';
+  });
+
+  el.reconnect.addEventListener('click', () => {
+    el.reconnect.hidden = true;
+    setStatus('connecting', 'connecting…');
+    conn.reconnect();
+  });
+
+  function joinRoom(room) {
+    if (!room) return;
+    const existing = state.convs.get(key('room', room));
+    if (existing && state.wantedRooms.has(room)) {
+      select(existing);
+      return;
+    }
+    state.wantedRooms.add(room);
+    state.selectOnJoin = room;
+    // While not logged in, the 'open' handler (re)joins every wanted room.
+    if (state.ready) send({ type: 'join', room: room });
+  }
+
+  // Room counts change without a push; ask now and then, and soon after a
+  // join or leave.
+  let roomsTimer = null;
+  function refreshRoomsSoon() {
+    if (roomsTimer) return;
+    roomsTimer = setTimeout(() => {
+      roomsTimer = null;
+      if (state.ready) send({ type: 'rooms' });
+    }, 300);
+  }
+  setInterval(() => {
+    if (state.ready) send({ type: 'rooms' });
+  }, ROOMS_REFRESH_MS);
+
+  // -- model helpers ------------------------------------------------------------
+
+  function ensureConv(kind, name) {
+    const k = key(kind, name);
+    let conv = state.convs.get(k);
+    if (!conv) {
+      conv = { kind: kind, name: name, key: k, lines: [], unread: 0, members: new Set() };
+      state.convs.set(k, conv);
+      renderTabs();
+    }
+    return conv;
+  }
+
+  const isCurrent = (conv) => conv.key === state.current;
+
+  function select(conv) {
+    if (!conv) return;
+    state.current = conv.key;
+    conv.unread = 0;
+    renderAll();
+  }
+
+  function addLine(conv, line) {
+    conv.lines.push(line);
+    if (conv.lines.length > MAX_LINES) conv.lines.splice(0, conv.lines.length - MAX_LINES);
+    if (isCurrent(conv)) {
+      const stick = el.messages.scrollTop + el.messages.clientHeight >= el.messages.scrollHeight - 20;
+      el.messages.appendChild(lineElement(line));
+      while (el.messages.children.length > MAX_LINES) el.messages.firstChild.remove();
+      if (stick) el.messages.scrollTop = el.messages.scrollHeight;
+    } else if (line.kind !== 'system') {
+      conv.unread += 1;
+      renderTabs();
+    }
+  }
+
+  function setRooms(rooms) {
+    state.roomList = rooms.filter((r) => r && typeof r.name === 'string');
+    renderRooms();
+  }
+
+  function setOnline(nicks) {
+    state.online = nicks.slice().sort();
+    renderOnline();
+    renderTabs(); // private chats with offline users are greyed
+  }
+
+  // -- rendering (textContent only) -------------------------------------------
+
+  function node(tag, props, children) {
+    const e = document.createElement(tag);
+    if (props) {
+      for (const name of Object.keys(props)) {
+        if (name === 'text') e.textContent = props[name];
+        else if (name === 'dataset') Object.assign(e.dataset, props[name]);
+        else if (name === 'className') e.className = props[name];
+        else e.setAttribute(name, props[name]);
+      }
+    }
+    for (const child of children || []) e.appendChild(child);
+    return e;
+  }
+
+  function renderAll() {
+    renderTabs();
+    renderMessages();
+    renderMembers();
+    const conv = state.convs.get(state.current);
+    el.conversation.textContent = !conv
+      ? 'join a room or click an online user'
+      : conv.kind === 'room'
+        ? '#' + conv.name
+        : 'private chat with ' + conv.name;
+    el.leave.disabled = !conv;
+    el.leave.textContent = conv && conv.kind === 'pm' ? 'Close' : 'Leave';
+  }
+
+  function renderTabs() {
+    const tabs = [];
+    for (const conv of state.convs.values()) {
+      const selected = isCurrent(conv);
+      const tab = node('button', {
+        type: 'button', role: 'tab', 'aria-selected': String(selected),
+        dataset: { kind: conv.kind, name: conv.name },
+        text: (conv.kind === 'room' ? '#' : '@') + conv.name,
+      });
+      if (conv.kind === 'pm' && !state.online.includes(conv.name)) tab.classList.add('offline');
+      if (conv.unread && !selected) tab.appendChild(node('span', { className: 'unread', text: String(conv.unread) }));
+      tabs.push(tab);
+    }
+    el.tabs.replaceChildren(...tabs);
+  }
+
+  function renderMessages() {
+    const conv = state.convs.get(state.current);
+    el.messages.replaceChildren(...(conv ? conv.lines.map(lineElement) : []));
+    el.messages.scrollTop = el.messages.scrollHeight;
+  }
+
+  function lineElement(line) {
+    const parts = [];
+    if (line.ts) parts.push(node('time', { text: clock(line.ts) }));
+    if (line.from !== undefined) parts.push(node('span', { className: 'from', text: String(line.from) }));
+    parts.push(node('span', { className: 'text', text: String(line.text) }));
+    const li = node('li', { className: 'msg', dataset: { kind: line.kind } }, parts);
+    if (line.from !== undefined) li.dataset.from = String(line.from);
+    return li;
+  }
+
+  function clock(ts) {
+    const d = new Date(Number(ts) * 1000);
+    if (isNaN(d)) return '';
+    return String(d.getHours()).padStart(2, '0') + ':' + String(d.getMinutes()).padStart(2, '0');
+  }
+
+  function renderMembers() {
+    const conv = state.convs.get(state.current);
+    const nicks = conv && conv.kind === 'room' ? Array.from(conv.members).sort() : [];
+    el.members.replaceChildren(
+      ...nicks.map((nick) => {
+        const li = node('li', { dataset: { nick: nick }, text: nick });
+        if (nick === state.nick) li.classList.add('me');
+        return li;
+      })
+    );
+  }
+
+  function renderOnline() {
+    el.online.replaceChildren(
+      ...state.online.map((nick) => {
+        const me = nick === state.nick;
+        const li = node('li', { dataset: { nick: nick } }, [
+          node('button', { type: 'button', title: me ? 'you' : 'private message to ' + nick, text: nick }),
+        ]);
+        if (me) li.classList.add('me');
+        return li;
+      })
+    );
+  }
+
+  function renderRooms() {
+    el.rooms.replaceChildren(
+      ...state.roomList.map((room) =>
+        node('li', { dataset: { room: room.name, count: String(room.count) } }, [
+          node('button', { type: 'button', title: 'join #' + room.name, text: '#' + room.name }),
+          node('span', { className: 'count', text: String(room.count) }),
+        ])
+      )
+    );
+  }
+
+  function setStatus(name, text) {
+    el.status.dataset.state = name;
+    el.status.textContent = text;
+    if (name !== 'closed') el.reconnect.hidden = true;
+  }
+
+  function showError(text) {
+    el.error.textContent = text;
+    el.error.hidden = false;
+  }
+
+  function clearError() {
+    el.error.textContent = '';
+    el.error.hidden = true;
+  }
+
+  setStatus('connecting', 'connecting…');
+})();
