@@ -1,0 +1,676 @@
+"""
+The gate's links to backends.
+
+A gate dials every live backend with a reconnecting
+:class:`~twisted.application.internet.ClientService`, authenticates on each
+new connection (:class:`~wsfabric.commands.Challenge` and
+:class:`~wsfabric.commands.Hello`), and pings it so that a backend that hangs
+is dropped rather than waited for.
+
+:class:`BackendPool` is the gate's :class:`~wsfabric.interfaces.IClientEvents`:
+it sends each client's events to one backend, chosen by rendezvous hashing
+over the connected backends when the client connects and kept while that
+backend stays connected, so one client's events stay in order. When the
+backend goes away its clients move to the others at their next event,
+without being disconnected (the new backend sees their messages and close
+without a connect: application state belongs in the fabric, not in backend
+memory). While no backend is connected, clients' events wait at the gate,
+bounded, and their reading is paused.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from wsfabric.amplink import Batcher, RemoteCaller, contained
+from wsfabric.commands import (
+    PROTOCOL_VERSION,
+    AuthenticationFailed,
+    BindUid,
+    Challenge,
+    ClientConnected,
+    ClientEvents,
+    CloseClient,
+    Deliver,
+    EventBatch,
+    Hello,
+    JoinGroup,
+    LeaveGroup,
+    Ping,
+    SetInfo,
+    UnbindUid,
+    UpdateInfo,
+    decode_deliveries,
+    proof,
+    proofs_match,
+)
+from wsfabric.errors import ClusterUnavailable, Reject
+from wsfabric.gate.gate import Gate
+from wsfabric.interfaces import IClientEvents
+from wsfabric.message import ConnectRequest
+from wsfabric.metrics import Metrics
+
+#: Events one client may have waiting for a backend before its reading is
+#: paused.
+MAX_WAITING_EVENTS = 64
+
+
+class LinkSettings:
+    """
+    How a gate talks to backends.
+
+    :param gate: the gate.
+    :param secret: the cluster secret.
+    :param clock: for batching, timeouts, pings and reconnects.
+    :param metrics: the gate's counters.
+    :param call_timeout: seconds a call may take.
+    :param ping_interval: seconds between pings.
+    :param max_in_flight: calls that may wait for an answer on one link.
+    """
+
+    def __init__(
+        self,
+        gate: Gate,
+        secret: bytes,
+        clock: IReactorTime,
+        metrics: Metrics,
+        call_timeout: float = 10.0,
+        ping_interval: float = 2.0,
+        max_in_flight: int = 10000,
+    ) -> None:
+        self.gate = gate
+        self.secret = secret
+        self.clock = clock
+        self.metrics = metrics
+        self.call_timeout = call_timeout
+        self.ping_interval = ping_interval
+        self.max_in_flight = max_in_flight
+
+
+class BackendConnection(amp.AMP):
+    """
+    The gate's connection to one backend.
+
+    :param settings: how to talk to backends.
+    :param on_ready: called with this connection once it is authenticated.
+    :param on_lost: called with this connection when it is gone (only if it
+        was ready).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        on_ready: Callable[[BackendConnection], None],
+        on_lost: Callable[[BackendConnection], None],
+    ) -> None:
+        super().__init__()
+        self._settings = settings
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+        self.backend_id: str | None = None
+        self.service: str | None = None
+        self.ready = False
+        self.gone = False
+        self._events = Batcher(settings.clock, EventBatch, self._send_events)
+        self._caller = RemoteCaller(
+            self, settings.clock, settings.call_timeout, settings.max_in_flight, "backend"
+        )
+        self._pinger: LoopingCall | None = None
+        self._pings_missed = 0
+
+    # -- connection life -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """
+        Authenticate at once.
+        """
+        super().connectionMade()
+        self._authenticate()
+
+    def _authenticate(self) -> None:
+        gate_nonce = os.urandom(16)
+        secret = self._settings.secret
+        gate_id = self._settings.gate.gate_id
+
+        def hello(answer: dict[str, Any]) -> Deferred[dict[str, Any]]:
+            backend_nonce = answer["nonce"]
+            self._backend_nonce = backend_nonce
+            return self._caller.call(
+                Hello,
+                version=PROTOCOL_VERSION,
+                gate_id=gate_id,
+                nonce=gate_nonce,
+                proof=proof(secret, b"gate", backend_nonce, gate_nonce, gate_id.encode()),
+            )
+
+        def check(answer: dict[str, Any]) -> None:
+            expected = proof(
+                secret, b"backend", gate_nonce, self._backend_nonce,
+                answer["backend_id"].encode("ascii"),
+            )
+            if not proofs_match(expected, answer["proof"]):
+                raise AuthenticationFailed("the backend does not hold the cluster secret")
+            self.backend_id = answer["backend_id"]
+            self.service = answer["service"]
+            self.ready = True
+            self._pinger = LoopingCall(self._ping)
+            self._pinger.clock = self._settings.clock
+            self._pinger.start(self._settings.ping_interval, now=False)
+            self._on_ready(self)
+
+        def refused(failure: Failure) -> None:
+            self._log.error(
+                "could not authenticate with the backend at {peer}: {error}",
+                peer=self._peer(),
+                error=failure.getErrorMessage(),
+            )
+            if self.transport is not None:
+                self.transport.abortConnection()
+
+        self._caller.call(Challenge).addCallback(hello).addCallbacks(check, refused)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The backend is gone: queued events are lost (and counted).
+        """
+        self.gone = True
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        dropped = self._events.discard()
+        if dropped:
+            self._settings.metrics.dropped("backend_gone", dropped)
+            self._log.error(
+                "backend {backend_id} went away; {count} client events sent to it are lost",
+                backend_id=self.backend_id,
+                count=dropped,
+            )
+        was_ready, self.ready = self.ready, False
+        super().connectionLost(reason)
+        if was_ready:
+            self._on_lost(self)
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        """
+        Run no command of a backend that has not authenticated.
+        """
+        if not self.ready and amp.COMMAND in box:
+            self.transport.abortConnection()
+            return
+        super().ampBoxReceived(box)
+
+    def _ping(self) -> None:
+        def answered(_: object) -> None:
+            self._pings_missed = 0
+
+        def missed(failure: Failure) -> None:
+            self._pings_missed += 1
+            if self._pings_missed >= 2 and not self.gone:
+                self._log.error(
+                    "backend {backend_id} stopped answering; dropping the connection",
+                    backend_id=self.backend_id,
+                )
+                self.transport.abortConnection()
+
+        self._caller.call(Ping).addCallbacks(answered, missed)
+
+    def _peer(self) -> str:
+        try:
+            return str(self.transport.getPeer())
+        except Exception:
+            return "?"
+
+    # -- events to the backend ---------------------------------------------------------
+
+    def _send_events(self, data: bytes) -> None:
+        try:
+            self.callRemote(ClientEvents, events=data)
+        except Exception:
+            self._settings.metrics.dropped("backend_gone")
+            self._log.failure("could not send events to backend {backend_id}",
+                              backend_id=self.backend_id)
+
+    def connect(self, client_id: str, request: ConnectRequest) -> Deferred[None]:
+        """
+        Run ``on_connect`` on the backend.
+
+        :return: fires when it has run; fails with
+            :class:`~wsfabric.errors.Reject` if the application refused the
+            client.
+        """
+        self._events.flush()
+
+        def outcome(answer: dict[str, Any]) -> None:
+            if answer.get("reject_code") is not None:
+                raise Reject(answer["reject_code"], answer.get("reject_reason") or "")
+
+        return self._caller.call(
+            ClientConnected, about=client_id, client_id=client_id, request=request.to_dict()
+        ).addCallback(outcome)
+
+    def message(self, client_id: str, message: str | bytes) -> None:
+        """
+        Queue a message of ``client_id``.
+        """
+        self._events.batch().message(client_id, message)
+
+    def closed(self, client_id: str) -> None:
+        """
+        Queue the close of ``client_id``.
+        """
+        self._events.batch().closed(client_id)
+
+    # -- the backend's calls ---------------------------------------------------------------
+
+    @Deliver.responder
+    def deliver(self, deliveries: bytes) -> dict[str, Any]:
+        """
+        Send a batch of messages to this gate's clients.
+        """
+        gate = self._settings.gate
+        try:
+            for client_ids, message in decode_deliveries(deliveries):
+                gate.send_to_clients(client_ids, message)
+        except ValueError:
+            self._settings.metrics.dropped("malformed_batch")
+            self._log.failure("dropped the rest of a malformed delivery batch from {backend_id}",
+                              backend_id=self.backend_id)
+        return {}
+
+    @JoinGroup.responder
+    @contained
+    def join_group(self, client_id: str, group: str) -> Deferred[dict[str, Any]]:
+        """
+        Add a client to a group.
+        """
+        return self._settings.gate.join_group(client_id, group).addCallback(_empty)
+
+    @LeaveGroup.responder
+    @contained
+    def leave_group(self, client_id: str, group: str) -> Deferred[dict[str, Any]]:
+        """
+        Remove a client from a group.
+        """
+        return self._settings.gate.leave_group(client_id, group).addCallback(_empty)
+
+    @BindUid.responder
+    @contained
+    def bind_uid(self, client_id: str, uid: str) -> Deferred[dict[str, Any]]:
+        """
+        Bind a client to a uid.
+        """
+        return self._settings.gate.bind_uid(client_id, uid).addCallback(_empty)
+
+    @UnbindUid.responder
+    @contained
+    def unbind_uid(self, client_id: str, uid: str) -> Deferred[dict[str, Any]]:
+        """
+        Unbind a client from a uid.
+        """
+        return self._settings.gate.unbind_uid(client_id, uid).addCallback(_empty)
+
+    @SetInfo.responder
+    @contained
+    def set_info(self, client_id: str, info: Any) -> Deferred[dict[str, Any]]:
+        """
+        Replace a client's info.
+        """
+        return self._settings.gate.set_info(client_id, info).addCallback(_empty)
+
+    @UpdateInfo.responder
+    @contained
+    def update_info(self, client_id: str, info: Any) -> Deferred[dict[str, Any]]:
+        """
+        Merge into a client's info.
+        """
+        return self._settings.gate.update_info(client_id, info).addCallback(_empty)
+
+    @CloseClient.responder
+    @contained
+    def close_client(self, client_id: str, code: int, reason: str) -> Deferred[dict[str, Any]]:
+        """
+        Close a client.
+        """
+        return self._settings.gate.close_client(client_id, code, reason).addCallback(_empty)
+
+    @Ping.responder
+    def ping(self) -> dict[str, Any]:
+        """
+        Answer at once.
+        """
+        return {}
+
+
+def _empty(_: object) -> dict[str, Any]:
+    return {}
+
+
+class _LinkFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: BackendPool) -> None:
+        self._pool = pool
+
+    def buildProtocol(self, addr: Any) -> BackendConnection:
+        protocol = BackendConnection(self._pool.settings, self._pool._ready, self._pool._lost)
+        protocol.factory = self
+        return protocol
+
+
+def _retry_delay(attempt: int) -> float:
+    # Quick at first, capped at 2 s: a restarted backend is back fast.
+    return min(0.1 * 2**attempt, 2.0)
+
+
+class _Waiting:
+    """
+    Events of a client that has no backend yet, in order.
+    """
+
+    __slots__ = ("events", "paused")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any, Any]] = []
+        self.paused = False
+
+
+@implementer(IClientEvents)
+class BackendPool:
+    """
+    The gate's backends, and which of them serves each client.
+
+    :param settings: how to talk to backends.
+    :param reactor: the reactor (for connecting).
+    """
+
+    _log = Logger()
+
+    def __init__(self, settings: LinkSettings, reactor: Any) -> None:
+        self.settings = settings
+        self._reactor = reactor
+        self._factory = _LinkFactory(self)
+        self._services: dict[str, ClientService] = {}
+        self._connections: list[BackendConnection] = []
+        self._assigned: dict[str, BackendConnection] = {}
+        self._waiting: dict[str, _Waiting] = {}
+
+    # -- membership ------------------------------------------------------------------
+
+    def add(self, key: str, endpoint: IStreamClientEndpoint) -> None:
+        """
+        Keep a connection to the backend at ``endpoint`` (known as ``key``).
+        """
+        if key in self._services:
+            return
+        service = ClientService(
+            endpoint, self._factory, retryPolicy=_retry_delay, clock=self.settings.clock
+        )
+        self._services[key] = service
+        service.startService()
+        self._log.info("dialling backend {key}", key=key)
+
+    def remove(self, key: str) -> Deferred[None]:
+        """
+        Stop dialling backend ``key`` and drop its connection.
+        """
+        service = self._services.pop(key, None)
+        if service is None:
+            return succeed(None)
+        self._log.info("backend {key} left the cluster", key=key)
+        return service.stopService()
+
+    def keys(self) -> list[str]:
+        """
+        :return: the keys of the backends the gate dials.
+        """
+        return list(self._services)
+
+    def connected(self) -> list[BackendConnection]:
+        """
+        :return: the authenticated backend connections.
+        """
+        return list(self._connections)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Drop every backend connection.
+        """
+        from twisted.internet.defer import gatherResults
+
+        stops = [self.remove(key) for key in list(self._services)]
+        return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
+
+    def _ready(self, connection: BackendConnection) -> None:
+        self._connections.append(connection)
+        self._log.info("backend {backend_id} ready", backend_id=connection.backend_id)
+        waiting, self._waiting = self._waiting, {}
+        for client_id, entry in waiting.items():
+            self._replay(client_id, entry)
+
+    def _lost(self, connection: BackendConnection) -> None:
+        if connection in self._connections:
+            self._connections.remove(connection)
+        moved = [cid for cid, owner in self._assigned.items() if owner is connection]
+        for client_id in moved:
+            del self._assigned[client_id]
+        self._log.warn(
+            "backend {backend_id} lost; its {count} clients move to other backends",
+            backend_id=connection.backend_id,
+            count=len(moved),
+        )
+
+    def _pick(self, client_id: str) -> BackendConnection | None:
+        connections = self._connections
+        if not connections:
+            return None
+        if len(connections) == 1:
+            return connections[0]
+        key = client_id.encode("ascii")
+        return max(
+            connections,
+            key=lambda c: zlib.crc32(key, zlib.crc32(c.backend_id.encode("ascii"))),  # type: ignore[union-attr]
+        )
+
+    def _owner(self, client_id: str) -> BackendConnection | None:
+        owner = self._assigned.get(client_id)
+        if owner is None or owner.gone:
+            owner = self._pick(client_id)
+            if owner is not None:
+                self._assigned[client_id] = owner
+        return owner
+
+    # -- IClientEvents -------------------------------------------------------------------
+
+    def client_connected(self, client_id: str, request: ConnectRequest) -> Deferred[None]:
+        """
+        Run ``on_connect`` on the client's backend (once there is one).
+        """
+        owner = self._owner(client_id)
+        if owner is None:
+            outcome: Deferred[None] = Deferred()
+            self._wait(client_id, ("connect", request, outcome))
+            return outcome
+        return self._connect(owner, client_id, request, retries=len(self._connections))
+
+    def _connect(
+        self, owner: BackendConnection, client_id: str, request: ConnectRequest, retries: int
+    ) -> Deferred[None]:
+        def retry(failure: Failure) -> Any:
+            # The backend went away before on_connect finished: try another.
+            if (
+                failure.check(ClusterUnavailable)
+                and owner.gone
+                and retries > 0
+                and self._assigned.get(client_id) in (owner, None)
+            ):
+                self._assigned.pop(client_id, None)
+                other = self._owner(client_id)
+                if other is not None:
+                    return self._connect(other, client_id, request, retries - 1)
+            return failure
+
+        return owner.connect(client_id, request).addErrback(retry)
+
+    def client_message(self, client_id: str, message: str | bytes) -> None:
+        """
+        Queue a message for the client's backend.
+        """
+        if client_id in self._waiting:
+            self._wait(client_id, ("message", message, None))
+            return
+        owner = self._owner(client_id)
+        if owner is None:
+            self._wait(client_id, ("message", message, None))
+        else:
+            owner.message(client_id, message)
+
+    def client_closed(self, client_id: str) -> None:
+        """
+        Queue the close for the client's backend, and forget the client.
+        """
+        entry = self._waiting.get(client_id)
+        if entry is not None:
+            if entry.events and entry.events[0][0] == "connect":
+                # No backend ever heard of it: nothing to close.
+                del self._waiting[client_id]
+                return
+            entry.events.append(("closed", None, None))
+            return
+        owner = self._owner(client_id)
+        self._assigned.pop(client_id, None)
+        if owner is None:
+            self._wait(client_id, ("closed", None, None))
+        else:
+            owner.closed(client_id)
+
+    # -- clients waiting for a backend ------------------------------------------------------
+
+    def _wait(self, client_id: str, event: tuple[str, Any, Any]) -> None:
+        entry = self._waiting.get(client_id)
+        if entry is None:
+            entry = self._waiting[client_id] = _Waiting()
+        entry.events.append(event)
+        if not entry.paused and len(entry.events) >= MAX_WAITING_EVENTS:
+            entry.paused = True
+            self.settings.gate.pause_client(client_id)
+
+    def _replay(self, client_id: str, entry: _Waiting) -> None:
+        owner = self._owner(client_id)
+        if owner is None:
+            self._waiting[client_id] = entry
+            return
+        for kind, argument, outcome in entry.events:
+            if kind == "connect":
+                self._connect(owner, client_id, argument, len(self._connections)).chainDeferred(
+                    outcome
+                )
+            elif kind == "message":
+                owner.message(client_id, argument)
+            else:
+                self._assigned.pop(client_id, None)
+                owner.closed(client_id)
+        if entry.paused:
+            self.settings.gate.resume_client(client_id)
+
+
+class BackendDiscovery(Service):
+    """
+    Keeps the pool dialling the live backends: those listed on the command
+    line, and those registered in the cluster registry.
+
+    :param pool: the gate's backend pool.
+    :param static: ``(endpoint string, endpoint)`` of ``--backend`` options.
+    :param live_backends: returns a Deferred of ``{backend id: info}`` of the
+        registered backends whose lease is alive (``info["endpoint"]`` is the
+        endpoint string to dial), or ``None`` when there is no registry.
+    :param endpoint_for: turns an endpoint string into a client endpoint.
+    :param clock: schedules the polling.
+    :param interval: seconds between looks at the registry.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        static: list[tuple[str, IStreamClientEndpoint]],
+        live_backends: Callable[[], Deferred[dict[str, dict[str, Any]]]] | None,
+        endpoint_for: Callable[[str], IStreamClientEndpoint],
+        clock: IReactorTime,
+        interval: float = 1.0,
+    ) -> None:
+        self._pool = pool
+        self._static = static
+        self._live_backends = live_backends
+        self._endpoint_for = endpoint_for
+        self._clock = clock
+        self._interval = interval
+        self._loop: LoopingCall | None = None
+        self._registered: set[str] = set()
+
+    def startService(self) -> None:
+        """
+        Dial the static backends and start watching the registry.
+        """
+        super().startService()
+        for description, endpoint in self._static:
+            self._pool.add(description, endpoint)
+        if self._live_backends is not None:
+            self._loop = LoopingCall(self._look)
+            self._loop.clock = self._clock
+            self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop watching and drop every backend connection.
+        """
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        return self._pool.stop()
+
+    def _look(self) -> Deferred[None]:
+        def update(live: dict[str, dict[str, Any]]) -> None:
+            for backend_id, info in live.items():
+                if backend_id in self._registered:
+                    continue
+                try:
+                    endpoint = self._endpoint_for(info["endpoint"])
+                except Exception:
+                    self._log.failure(
+                        "backend {backend_id} registered an unusable endpoint {endpoint!r}",
+                        backend_id=backend_id,
+                        endpoint=info.get("endpoint"),
+                    )
+                    continue
+                self._registered.add(backend_id)
+                self._pool.add(backend_id, endpoint)
+            for backend_id in list(self._registered - set(live)):
+                self._registered.discard(backend_id)
+                self._pool.remove(backend_id)
+
+        def failed(failure: Failure) -> None:
+            # Keep dialling what we know; the registry will answer again.
+            self._log.debug("could not read the backend registry: {error}",
+                            error=failure.getErrorMessage())
+
+        try:
+            looked = self._live_backends()  # type: ignore[misc]
+        except Exception:
+            looked = fail()
+        return looked.addCallbacks(update, failed)
