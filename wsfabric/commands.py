@@ -9,10 +9,12 @@ backend runs no other command. Then, on the same connection:
 - gate → backend: :class:`ClientConnected` (answered once ``on_connect`` has
   run, with a rejection if it refused the client) and :class:`ClientEvents`
   (a batch of messages and closes, fire-and-forget);
-- backend → gate: :class:`Deliver` (a batch of sends, fire-and-forget) and
-  the per-client mutations (:class:`JoinGroup`, :class:`BindUid`,
+- backend → gate: :class:`Deliver` (a batch of sends, fire-and-forget), the
+  per-client mutations (:class:`JoinGroup`, :class:`BindUid`,
   :class:`SetInfo`, ... :class:`CloseClient`), answered once the gate has
-  applied them, with the errors of :data:`ERRORS`;
+  applied them, with the errors of :data:`ERRORS`, and the fire-and-forget
+  notices :class:`Throttle` (backpressure on one client) and
+  :class:`Draining` (the backend is shutting down);
 - either way: :class:`Ping`, to notice a peer that hangs.
 
 Client events and sends travel in batches: everything queued for one peer
@@ -247,6 +249,26 @@ class Deliver(amp.Command):
     """
 
     arguments = [(b"deliveries", Blob())]
+    requiresAnswer = False
+
+
+class Throttle(amp.Command):
+    """
+    Stop (``paused``) or resume reading from a client whose events pile up
+    behind the application. Not answered.
+    """
+
+    arguments = [(b"client_id", amp.Unicode()), (b"paused", amp.Boolean())]
+    requiresAnswer = False
+
+
+class Draining(amp.Command):
+    """
+    The backend is shutting down: send it no new clients, and move its
+    clients' next events to other backends. Not answered.
+    """
+
+    arguments: list[tuple[bytes, amp.Argument]] = []
     requiresAnswer = False
 
 

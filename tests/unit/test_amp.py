@@ -356,3 +356,45 @@ class BatchTests(SynchronousTestCase):
         objects: dict[str, Any] = {}
         Blob().fromBox(b"x", strings, objects, None)
         self.assertEqual(objects["x"], b"a" * 200000)
+
+
+class FlowTests(SynchronousTestCase):
+    def test_throttle_reaches_the_connection(self) -> None:
+        """
+        When a client's events pile up behind a slow hook on the backend, the
+        gate stops reading from that client, and resumes once they drain.
+        """
+        cluster = ClusterInMemory()
+        backend = cluster.backend()
+        backend.dispatcher._flow_control = backend.context.flow_control
+        backend.dispatcher._high_water, backend.dispatcher._low_water = 4, 1
+        backend.app.hold = True
+        client_id, connection = cluster.connect()
+        for number in range(6):
+            cluster.gate.client_message(client_id, str(number))
+        cluster.flush()
+        self.assertFalse(connection.reading)
+        while backend.app.held:
+            backend.app.held.pop(0).callback(None)
+            cluster.flush()
+        self.assertTrue(connection.reading)
+
+    def test_draining_backend_hands_clients_over(self) -> None:
+        """
+        A draining backend gets no new clients, and its clients' next events
+        go elsewhere, while its connection stays open for the work it has.
+        """
+        cluster = ClusterInMemory()
+        first = cluster.backend(name="b1")
+        second = cluster.backend(name="b2")
+        ids = [cluster.connect()[0] for _ in range(10)]
+        first.context.drain()
+        cluster.flush()
+        later = [cluster.connect()[0] for _ in range(10)]
+        for client_id in ids + later:
+            cluster.gate.client_message(client_id, "next")
+        cluster.flush()
+        self.assertFalse(any("next" in first.app.kinds(c) for c in ids + later))
+        self.assertTrue(all(second.app.kinds(c)[-1] == "next" for c in ids + later))
+        gate_side, _ = cluster.links[0]
+        self.assertFalse(gate_side.gone)

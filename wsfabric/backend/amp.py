@@ -36,11 +36,13 @@ from wsfabric.commands import (
     CloseClient,
     Deliver,
     DeliveryBatch,
+    Draining,
     Hello,
     JoinGroup,
     LeaveGroup,
     Ping,
     SetInfo,
+    Throttle,
     UnbindUid,
     UpdateInfo,
     decode_events,
@@ -48,7 +50,7 @@ from wsfabric.commands import (
     proofs_match,
 )
 from wsfabric.errors import Reject
-from wsfabric.ids import is_gate_id
+from wsfabric.ids import gate_of, is_gate_id
 from wsfabric.interfaces import IGateControl
 from wsfabric.message import ConnectRequest
 from wsfabric.metrics import Metrics
@@ -91,6 +93,26 @@ class BackendContext:
         self.max_in_flight = max_in_flight
         #: The authenticated connection of each gate, by gate id.
         self.gates: dict[str, GateConnection] = {}
+        #: Whether the backend is shutting down.
+        self.draining = False
+
+    def flow_control(self, client_id: str, paused: bool) -> None:
+        """
+        Ask the client's gate to stop or resume reading from it (the
+        dispatcher's backpressure).
+        """
+        gate_id = gate_of(client_id)
+        connection = self.gates.get(gate_id) if gate_id is not None else None
+        if connection is not None:
+            connection.throttle(client_id, paused)
+
+    def drain(self) -> None:
+        """
+        Tell every gate that this backend is shutting down.
+        """
+        self.draining = True
+        for connection in list(self.gates.values()):
+            connection.draining()
 
     def locate_gate(self, gate_id: str) -> IGateControl | None:
         """
@@ -189,6 +211,8 @@ class GateConnection(amp.AMP):
         context.gates[gate_id] = self
         if earlier is not None and earlier is not self:
             earlier.transport.loseConnection()
+        if context.draining:
+            self.draining()
         self._log.info("gate {gate_id} connected from {peer}", gate_id=gate_id,
                        peer=self._peer())
         return {
@@ -256,6 +280,27 @@ class GateConnection(amp.AMP):
         self._deliveries.flush()
         called = self._caller.call(command, about=client_id, client_id=client_id, **arguments)
         return called.addCallback(_nothing)
+
+    def throttle(self, client_id: str, paused: bool) -> None:
+        """
+        Ask the gate to stop or resume reading from a client.
+        """
+        self._deliveries.flush()
+        try:
+            self.callRemote(Throttle, client_id=client_id, paused=paused)
+        except Exception:
+            self._log.failure("could not throttle client {client_id}", client_id=client_id)
+
+    def draining(self) -> None:
+        """
+        Tell the gate this backend is shutting down.
+        """
+        self._deliveries.flush()
+        try:
+            self.callRemote(Draining)
+        except Exception:
+            self._log.failure("could not tell gate {gate_id} we are leaving",
+                              gate_id=self.gate_id)
 
     def close_client(self, client_id: str, code: int, reason: str) -> Deferred[None]:
         """

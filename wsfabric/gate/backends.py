@@ -46,12 +46,14 @@ from wsfabric.commands import (
     ClientEvents,
     CloseClient,
     Deliver,
+    Draining,
     EventBatch,
     Hello,
     JoinGroup,
     LeaveGroup,
     Ping,
     SetInfo,
+    Throttle,
     UnbindUid,
     UpdateInfo,
     decode_deliveries,
@@ -107,8 +109,8 @@ class BackendConnection(amp.AMP):
 
     :param settings: how to talk to backends.
     :param on_ready: called with this connection once it is authenticated.
-    :param on_lost: called with this connection when it is gone (only if it
-        was ready).
+    :param on_lost: called with this connection when it is gone, or when it
+        announces it is draining (only if it was ready).
     """
 
     _log = Logger()
@@ -127,6 +129,7 @@ class BackendConnection(amp.AMP):
         self.service: str | None = None
         self.ready = False
         self.gone = False
+        self.draining = False
         self._events = Batcher(settings.clock, EventBatch, self._send_events)
         self._caller = RemoteCaller(
             self, settings.clock, settings.call_timeout, settings.max_in_flight, "backend"
@@ -202,7 +205,7 @@ class BackendConnection(amp.AMP):
             )
         was_ready, self.ready = self.ready, False
         super().connectionLost(reason)
-        if was_ready:
+        if was_ready and not self.draining:
             self._on_lost(self)
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
@@ -348,6 +351,31 @@ class BackendConnection(amp.AMP):
         """
         return self._settings.gate.close_client(client_id, code, reason).addCallback(_empty)
 
+    @Throttle.responder
+    def throttle(self, client_id: str, paused: bool) -> dict[str, Any]:
+        """
+        Stop or resume reading from a client, as the backend asks.
+        """
+        if paused:
+            self._settings.gate.pause_client(client_id)
+        else:
+            self._settings.gate.resume_client(client_id)
+        return {}
+
+    @Draining.responder
+    def backend_draining(self) -> dict[str, Any]:
+        """
+        The backend is shutting down: its clients move to other backends at
+        their next event (the connection stays open until the backend has
+        finished the events it has).
+        """
+        if self.ready and not self.draining:
+            self._log.info("backend {backend_id} is draining", backend_id=self.backend_id)
+            self.draining = True
+            self._events.flush()
+            self._on_lost(self)
+        return {}
+
     @Ping.responder
     def ping(self) -> dict[str, Any]:
         """
@@ -488,7 +516,7 @@ class BackendPool:
 
     def _owner(self, client_id: str) -> BackendConnection | None:
         owner = self._assigned.get(client_id)
-        if owner is None or owner.gone:
+        if owner is None or owner.gone or owner.draining:
             owner = self._pick(client_id)
             if owner is not None:
                 self._assigned[client_id] = owner
@@ -514,7 +542,7 @@ class BackendPool:
             # The backend went away before on_connect finished: try another.
             if (
                 failure.check(ClusterUnavailable)
-                and owner.gone
+                and (owner.gone or owner.draining)
                 and retries > 0
                 and self._assigned.get(client_id) in (owner, None)
             ):

@@ -28,6 +28,7 @@
  * 'error' event with `err.code === 'QUEUE_FULL'` carries it in `err.data`.
  * Messages still queued when the connection reaches 'closed' are dropped with
  * an 'error' event `QUEUE_DISCARDED`. send() on a closed connection throws.
+ * With no 'error' listener, these errors go to console.warn instead.
  *
  * Layering: the connection is a small event emitter (`wsfabric.Emitter`)
  * around a WebSocket. Higher layers — request/response with timeouts,
@@ -561,7 +562,13 @@
     }
 
     _error(code, message, extra) {
-      this.emit('error', makeError(code, message, extra));
+      const err = makeError(code, message, extra);
+      // Dropped messages must never pass unnoticed: without an 'error'
+      // listener, say it on the console (the browser already logs socket
+      // errors itself).
+      if (!this.emit('error', err) && code !== 'SOCKET_ERROR' && typeof console !== 'undefined') {
+        console.warn(err.message);
+      }
     }
 
     /** When the browser comes back online, don't sit out the backoff. */
