@@ -34,7 +34,7 @@ setup(
             "kosoku==0.1.0",
             "hypothesis>=6.100",
             "psutil>=5.9",
-            "playwright>=1.45",
+            "playwright>=1.48",
             "ruff>=0.6",
         ],
     },

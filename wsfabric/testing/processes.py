@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+_LINK_EVENT = re.compile(r"\bbackend (\S+) (ready|lost|is draining)")
 
 
 def _die_with_parent() -> None:
@@ -269,3 +271,221 @@ class StandaloneNode(Process):
         super().start()
         wait_for_port(self.port, timeout, process=self)
         return self
+
+
+class GateNode(Process):
+    """
+    A ``twistd -n wsfabric-gate`` process on a free loopback port.
+
+    :param redis_url: the cluster's Redis.
+    :param secret: the cluster secret.
+    :param options: further options.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        secret: str,
+        options: Sequence[str] = (),
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        name: str = "gate",
+        log_dir: str | None = None,
+    ) -> None:
+        self.port = free_port()
+        argv = [
+            *twistd_command(), "-n", "--pidfile=", "wsfabric-gate",
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+            "--redis", redis_url,
+            *options,
+        ]
+        super().__init__(name, argv, cwd=cwd,
+                         env={"WSFABRIC_CLUSTER_SECRET": secret, **(env or {})},
+                         log_dir=log_dir)
+
+    @property
+    def ws_url(self) -> str:
+        """
+        The WebSocket URL of the gate.
+        """
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self, timeout: float = 15.0) -> GateNode:
+        """
+        Start the gate and wait until it listens.
+        """
+        super().start()
+        wait_for_port(self.port, timeout, process=self)
+        return self
+
+    def backends_ready(self) -> int:
+        """
+        :return: how many backends the gate is linked with now, read from its
+            log (a backend is linked from its "ready" line until its "lost" or
+            "draining" line).
+        """
+        linked: set[str] = set()
+        for match in _LINK_EVENT.finditer(self.log()):
+            if match.group(2) == "ready":
+                linked.add(match.group(1))
+            else:
+                linked.discard(match.group(1))
+        return len(linked)
+
+
+class BackendNode(Process):
+    """
+    A ``twistd -n wsfabric-backend`` process with its AMP listener on a free
+    loopback port.
+
+    :param app: the ``--app`` value.
+    :param redis_url: the cluster's Redis.
+    :param secret: the cluster secret.
+    :param options: further options.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        redis_url: str,
+        secret: str,
+        options: Sequence[str] = (),
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        name: str = "backend",
+        log_dir: str | None = None,
+    ) -> None:
+        self.port = free_port()
+        argv = [
+            *twistd_command(), "-n", "--pidfile=", "wsfabric-backend",
+            "--app", app,
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+            "--redis", redis_url,
+            *options,
+        ]
+        super().__init__(name, argv, cwd=cwd,
+                         env={"WSFABRIC_CLUSTER_SECRET": secret, **(env or {})},
+                         log_dir=log_dir)
+
+    def start(self, timeout: float = 15.0) -> BackendNode:
+        """
+        Start the backend and wait until it listens.
+        """
+        super().start()
+        wait_for_port(self.port, timeout, process=self)
+        return self
+
+
+class Cluster:
+    """
+    A whole cluster of real processes on loopback: a ``redis-server``, M
+    backends and N gates, every one of which can be killed, paused or
+    restarted.
+
+    :param app: the ``--app`` of the backends.
+    :param gates: how many gates.
+    :param backends: how many backends.
+    :param cwd: the working directory (the ``--app`` module is found there).
+    :param gate_options: extra options for every gate.
+    :param backend_options: extra options for every backend.
+    :param secret: the cluster secret.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        gates: int = 2,
+        backends: int = 2,
+        cwd: str | None = None,
+        gate_options: Sequence[str] = (),
+        backend_options: Sequence[str] = (),
+        secret: str = "test-cluster-secret",
+        log_dir: str | None = None,
+    ) -> None:
+        from wsfabric.testing.redis import RedisServer
+
+        self.app = app
+        self.cwd = cwd
+        self.secret = secret
+        self.gate_options = list(gate_options)
+        self.backend_options = list(backend_options)
+        self.log_dir = log_dir or tempfile.mkdtemp(prefix="wsfabric-cluster-")
+        self.redis = RedisServer()
+        self.gates: list[GateNode] = []
+        self.backends: list[BackendNode] = []
+        self._gate_count = gates
+        self._backend_count = backends
+
+    @property
+    def gate_urls(self) -> list[str]:
+        """
+        The WebSocket URLs of the gates.
+        """
+        return [gate.ws_url for gate in self.gates]
+
+    def start(self, timeout: float = 30.0) -> Cluster:
+        """
+        Start Redis, the backends, then the gates, and wait until every gate
+        has authenticated with every backend.
+        """
+        try:
+            self.redis.start()
+            for _ in range(self._backend_count):
+                self.add_backend()
+            for _ in range(self._gate_count):
+                self.add_gate()
+            self.wait_linked(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def add_backend(self, options: Sequence[str] = ()) -> BackendNode:
+        """
+        Start one more backend.
+        """
+        backend = BackendNode(
+            self.app, self.redis.url, self.secret, [*self.backend_options, *options],
+            cwd=self.cwd, name=f"backend{len(self.backends)}", log_dir=self.log_dir,
+        ).start()
+        self.backends.append(backend)
+        return backend
+
+    def add_gate(self, options: Sequence[str] = ()) -> GateNode:
+        """
+        Start one more gate.
+        """
+        gate = GateNode(
+            self.redis.url, self.secret, [*self.gate_options, *options],
+            cwd=self.cwd, name=f"gate{len(self.gates)}", log_dir=self.log_dir,
+        ).start()
+        self.gates.append(gate)
+        return gate
+
+    def wait_linked(self, timeout: float = 30.0) -> None:
+        """
+        Wait until every running gate has as many authenticated backend
+        connections as there are running backends.
+
+        :raises TimeoutError: if they do not link in time.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            running = sum(1 for backend in self.backends if backend.poll() is None)
+            if all(
+                gate.backends_ready() >= running
+                for gate in self.gates
+                if gate.poll() is None
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("gates did not connect to every backend in time")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """
+        Stop every process: gates, backends, then Redis.
+        """
+        for process in [*self.gates, *self.backends]:
+            process.stop()
+        self.redis.stop()

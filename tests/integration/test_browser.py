@@ -1,0 +1,53 @@
+"""
+The browser side in headless Chromium (Debian's): the chat example page with
+two users, and the tests of wsfabric.js against the echo application. The
+drivers are in tests/browser/; each prints one result line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+
+from tests.integration.support import PROJECT, IntegrationTestCase, async_test
+
+BROWSER = os.path.join(PROJECT, "tests", "browser")
+SCREENSHOTS = os.path.join(tempfile.gettempdir(), "wsfabric-screenshots")
+
+
+class BrowserTests(IntegrationTestCase):
+    timeout = 180
+
+    async def drive(self, script: str, *arguments: str) -> None:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, os.path.join(BROWSER, script), *arguments],
+            capture_output=True, text=True, timeout=150,
+            env=dict(os.environ, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1"),
+        )
+        print(result.stdout.strip())
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr[-4000:])
+
+    @async_test(timeout=170)
+    async def test_chat_page(self) -> None:
+        """
+        Two users log in to the chat page, join a room, see each other, and a
+        message and a private message go from one to the other; a page whose
+        socket is closed logs in and rejoins by itself.
+        """
+        node = self.standalone(
+            "examples.chat.app:ChatApp", ["--static", "examples/chat/static"]
+        )
+        await self.drive("chat_check.py", node.http_url + "/", SCREENSHOTS)
+
+    @async_test(timeout=170)
+    async def test_wsfabric_js(self) -> None:
+        """
+        wsfabric.js connects, sends and receives text and binary, queues
+        before open, reconnects with backoff, and stops when closed.
+        """
+        node = self.standalone("examples.echo.app:EchoApp", ["--static", "tests/browser"])
+        await self.drive("js_check.py", node.http_url + "/wsfabric_js_test.html")
