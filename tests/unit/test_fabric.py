@@ -367,3 +367,36 @@ class ClientTests(FabricTestCase):
         restarted = StandaloneHarness(RecordingApp)
         ids2 = {restarted.connect().client_id for _ in range(100)}
         self.assertEqual(len(ids | ids2), 200)
+
+
+class GateLifecycleTests(FabricTestCase):
+    def test_records(self) -> None:
+        """
+        The gate can list what the index must hold about each client.
+        """
+        a = self.harness.connect()
+        self.result(self.fabric.bind_uid(a.client_id, "alice"))
+        self.result(self.fabric.join_group(a.client_id, "g"))
+        self.result(self.fabric.set_info(a.client_id, {"k": 1}))
+        b = self.harness.connect()
+        self.assertEqual(
+            sorted(self.harness.gate.records()),
+            sorted([(a.client_id, "alice", ("g",), {"k": 1}), (b.client_id, None, (), None)]),
+        )
+
+    def test_reincarnate(self) -> None:
+        """
+        A gate declared dead closes its clients with 1012 without writing the
+        index, tells the application, and issues ids of its new incarnation.
+        """
+        gate = self.harness.gate
+        a = self.harness.connect()
+        old = gate.gate_id
+        self.assertEqual(gate.reincarnate("00000000000000aa"), 1)
+        self.assertEqual(a.close_code, 1012)
+        self.assertEqual(self.harness.app.events[-1], ("close", a.client_id))
+        # The old entry is left for the sweeper: the gate wrote nothing.
+        self.assertTrue(self.result(self.harness.gate._index.is_online(a.client_id)))
+        b = self.harness.connect()
+        self.assertTrue(b.client_id.startswith("00000000000000aa-"))
+        self.assertNotEqual(old, gate.gate_id)

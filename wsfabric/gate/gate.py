@@ -45,6 +45,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
 
 
 def group_channel(group: str) -> str:
@@ -159,6 +160,35 @@ class Gate:
         """
         return list(self._clients)
 
+    def records(self) -> list[tuple[str, str | None, tuple[str, ...], dict[str, Any] | None]]:
+        """
+        :return: ``(client_id, uid, groups, info)`` of every client this gate
+            holds: what the index must say about them (used to rebuild the
+            index after the cluster state lost data).
+        """
+        return [
+            (client_id, client.uid, tuple(client.groups or ()), client.info)
+            for client_id, client in self._clients.items()
+        ]
+
+    def reincarnate(self, gate_id: str) -> int:
+        """
+        Carry on under a new gate id after the cluster declared this
+        incarnation dead (it was paused past its lease, and its entries were
+        or will be swept). Its clients are closed with 1012 so that they
+        reconnect; nothing is written to the index under the old id.
+
+        :param gate_id: the new incarnation's id.
+        :return: how many clients were closed.
+        """
+        clients = list(self._clients.items())
+        for client_id, client in clients:
+            self._drop(client_id, client, announce=True, write_index=False)
+            client.conn.close(CLOSE_SERVICE_RESTART, "gate restarted")
+        self.gate_id = gate_id
+        self._issuer = ClientIdIssuer(gate_id)
+        return len(clients)
+
     def __len__(self) -> int:
         return len(self._clients)
 
@@ -251,11 +281,14 @@ class Gate:
         if client is not None:
             self._drop(client_id, client, announce=True)
 
-    def _drop(self, client_id: str, client: _LocalClient, announce: bool) -> Deferred[None]:
+    def _drop(
+        self, client_id: str, client: _LocalClient, announce: bool, write_index: bool = True
+    ) -> Deferred[None]:
         """
-        Forget a client: local membership, channels, then its index entries;
-        then, if the application heard of it, its close event. Fires once the
-        index no longer reports the client.
+        Forget a client: local membership, channels, then its index entries
+        (unless ``write_index`` is false); then, if the application heard of
+        it, its close event. Fires once the index no longer reports the
+        client.
         """
         if client.gone:
             return succeed(None)
@@ -267,10 +300,13 @@ class Gate:
         if client.groups:
             for group in client.groups:
                 self._forget_group(client_id, group)
-        try:
-            removed = self._index.remove_client(self.gate_id, client_id)
-        except Exception:
-            removed = fail()
+        if not write_index:
+            removed: Deferred[None] = succeed(None)
+        else:
+            try:
+                removed = self._index.remove_client(self.gate_id, client_id)
+            except Exception:
+                removed = fail()
         removed.addErrback(
             self._log_failure,
             "could not remove client {client_id} from the index",
