@@ -102,9 +102,17 @@ def check_message(message: object) -> str | bytes:
     """
     :param message: what an application asked to send.
     :return: ``message`` if it is ``str`` or bytes-like (as ``bytes``).
-    :raises InvalidArgument: for any other type.
+    :raises InvalidArgument: for any other type, or text UTF-8 cannot carry
+        (a lone surrogate).
     """
-    if isinstance(message, str | bytes):
+    if isinstance(message, str):
+        if not message.isascii():
+            try:
+                message.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidArgument(f"text message is not valid Unicode: {e.reason}") from None
+        return message
+    if isinstance(message, bytes):
         return message
     if isinstance(message, bytearray | memoryview):
         return bytes(message)

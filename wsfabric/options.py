@@ -13,6 +13,7 @@ rather than twistd's full usage text.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import tomllib
@@ -54,9 +55,20 @@ def non_negative_float(value: str) -> float:
     return number
 
 
+def positive_float(value: str) -> float:
+    """
+    :raises ValueError: unless ``value`` is a number > 0.
+    """
+    number = non_negative_float(value)
+    if number == 0:
+        raise ValueError("must be more than 0")
+    return number
+
+
 positive_int.coerceDoc = "Must be a positive integer."  # type: ignore[attr-defined]
 non_negative_int.coerceDoc = "Must be 0 or a positive integer."  # type: ignore[attr-defined]
 non_negative_float.coerceDoc = "Must be 0 or a positive number of seconds."  # type: ignore[attr-defined]
+positive_float.coerceDoc = "Must be a positive number of seconds."  # type: ignore[attr-defined]
 
 
 class WsfabricOptions(usage.Options):
@@ -116,7 +128,7 @@ class WsfabricOptions(usage.Options):
                 arguments = file_arguments + arguments
             super().parseOptions(arguments)
         except (usage.UsageError, ConfigurationError) as e:
-            raise SystemExit(f"twistd {self.command}: error: {e}") from None
+            raise SystemExit(f"wsfabric: error: {e}") from None
 
     def _config_arguments(self, path: str) -> tuple[list[str], dict[str, list[str]]]:
         """
@@ -198,6 +210,13 @@ def _scalar(path: str, key: str, value: Any) -> str:
     return str(value)
 
 
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def load_app_factory(spec: str, app_dir: str = ".") -> Callable[..., Any]:
     """
     Find the application callable named by ``--app``.
@@ -217,6 +236,10 @@ def load_app_factory(spec: str, app_dir: str = ".") -> Callable[..., Any]:
     directory = os.path.abspath(app_dir)
     if directory not in sys.path:
         sys.path.insert(0, directory)
+    if ":" not in spec and _is_module(spec):
+        raise usage.UsageError(
+            f"--app {spec!r} names a module; name the application in it: {spec}:Name"
+        )
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -10,9 +10,19 @@ import sys
 from typing import Any, NoReturn
 
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
 
 
-def fatal(message: str) -> NoReturn:
+class StartupError(Exception):
+    """
+    A daemonized node cannot start. twistd reports an ``Exception`` raised
+    while starting to the command that launched the daemon, which then exits
+    with status 1; ``SystemExit`` would leave it waiting.
+    """
+
+
+def fatal(message: str, daemon: bool = False) -> NoReturn:
     """
     End the process with a one-line error on standard error and exit status 1.
 
@@ -21,16 +31,35 @@ def fatal(message: str) -> NoReturn:
     ran the command sees it as one line, on its own.
 
     :param message: what is wrong, naming the option or resource.
+    :param daemon: whether twistd has daemonized (then the message travels
+        to the launching command as a :class:`StartupError`).
+    :raises StartupError: when ``daemon``.
     """
+    if daemon:
+        raise StartupError(message)
     stream = sys.__stderr__ or sys.stderr
     stream.write(f"wsfabric: error: {message}\n")
     stream.flush()
     raise SystemExit(1)
 
 
+def daemonized(options: Any) -> bool:
+    """
+    :param options: a role's parsed options (a twistd subcommand's).
+    :return: whether twistd will daemonize (no ``-n``).
+    """
+    parent = getattr(options, "parent", None)
+    return parent is not None and not parent.get("nodaemon")
+
+
 class NodeService(MultiService):
     """
     The root of a role's service tree.
+
+    Children stop one after another, in the reverse of the order they were
+    added, each once the previous one has finished stopping: a gate's last
+    client events reach the backends before the backend links close, and the
+    links close before the Redis connections do.
 
     A node asked to stop with SIGTERM drains (closes its clients with 1001,
     removes its index entries) and then exits with status 0: that is the
@@ -40,15 +69,36 @@ class NodeService(MultiService):
     :param reactor: the reactor the node runs on.
     """
 
+    _log = Logger()
+
     def __init__(self, reactor: Any) -> None:
         super().__init__()
         self._reactor = reactor
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None]:
         """
-        Stop the children (in reverse order), and report a SIGTERM stop as a
-        clean exit.
+        Stop the children in reverse order, one at a time, and report a
+        SIGTERM stop as a clean exit.
         """
         if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
             self._reactor._exitSignal = None
-        return super().stopService()
+        self.running = 0
+        children = list(self)
+        children.reverse()
+        done: Deferred[None] = Deferred()
+
+        def stop_next(_: object = None) -> None:
+            if not children:
+                done.callback(None)
+                return
+            child = children.pop(0)
+            stopping = maybeDeferred(child.stopService)
+            stopping.addErrback(
+                lambda failure: self._log.failure(
+                    "{service} failed to stop", failure, service=child
+                )
+            )
+            stopping.addCallback(stop_next)
+
+        stop_next()
+        return done

@@ -286,3 +286,65 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(len(harness.app.kinds(client.client_id)), 301)
 
 
+
+
+class ConnectOrderTests(SynchronousTestCase):
+    def test_rejected_client_is_forgotten(self) -> None:
+        """
+        After a Reject the dispatcher keeps nothing of the client, and
+        shutdown does not wait for it.
+        """
+        harness = StandaloneHarness(RecordingApp)
+        harness.app.reject = Reject(4000, "no")
+        harness.connect()
+        self.assertEqual(len(harness.dispatcher), 0)
+        self.successResultOf(harness.dispatcher.when_idle())
+
+    def test_messages_wait_for_on_connect(self) -> None:
+        """
+        Messages a client sends while on_connect runs reach on_message only
+        once on_connect has finished; if it rejects, they never do.
+        """
+
+        @implementer(IApplication)
+        class SlowConnect(RecordingApp):
+            def on_connect(self, client_id: str, request: Any) -> Any:
+                super().on_connect(client_id, request)
+                self.connecting = Deferred()
+                return self.connecting
+
+        harness = StandaloneHarness(SlowConnect)
+        accepted = harness.connect()
+        accepted.send("early")
+        self.assertEqual(harness.app.kinds(accepted.client_id), ["connect"])
+        harness.app.connecting.callback(None)
+        self.assertEqual(harness.app.kinds(accepted.client_id), ["connect", "early"])
+
+        refused = harness.connect()
+        for number in range(100):
+            refused.send(str(number))
+        self.assertFalse(refused.connection.reading)
+        harness.app.connecting.errback(Reject(4001, "no"))
+        self.assertEqual(harness.app.kinds(refused.client_id), ["connect"])
+        self.assertEqual(refused.close_code, 4001)
+
+    def test_failed_on_connect_drops_pending_messages(self) -> None:
+        """
+        If on_connect fails, the client is closed with 1011; messages it sent
+        meanwhile are dropped, and on_close comes right after on_connect.
+        """
+
+        @implementer(IApplication)
+        class FailingConnect(RecordingApp):
+            def on_connect(self, client_id: str, request: Any) -> Any:
+                super().on_connect(client_id, request)
+                self.connecting = Deferred()
+                return self.connecting
+
+        harness = StandaloneHarness(FailingConnect)
+        client = harness.connect()
+        client.send("lost")
+        harness.app.connecting.errback(RuntimeError("setup failed"))
+        self.assertEqual(client.close_code, 1011)
+        self.assertEqual(harness.app.kinds(client.client_id), ["connect", "close"])
+        self.flushLoggedErrors(RuntimeError)

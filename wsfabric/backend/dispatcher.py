@@ -255,7 +255,9 @@ class Dispatcher:
         outcome: Deferred[None] | None,
     ) -> None:
         if name == "on_connect" and failure.check(Reject):
+            # Nothing follows for a rejected client: forget it once idle.
             queue.rejected = True
+            queue.closing = True
             outcome.errback(failure)  # type: ignore[union-attr]
             return
         self._metrics.hook_failed()

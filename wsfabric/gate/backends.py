@@ -474,6 +474,15 @@ class BackendPool:
         """
         return list(self._connections)
 
+    def reconnect_all(self) -> None:
+        """
+        Drop every backend connection so that each is made again (and
+        authenticated under the gate's current id).
+        """
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+
     def stop(self) -> Deferred[None]:
         """
         Drop every backend connection.

@@ -23,8 +23,8 @@ from wsfabric.gate.origins import OriginPolicy
 from wsfabric.gate.web import EdgeFactory, make_site
 from wsfabric.gate.websocket import EdgeSettings, FabricServerFactory
 from wsfabric.metrics import Metrics
-from wsfabric.options import non_negative_float, non_negative_int, positive_int
-from wsfabric.service import fatal
+from wsfabric.options import non_negative_float, non_negative_int, positive_float, positive_int
+from wsfabric.service import daemonized, fatal
 
 #: Options of the client listener, for ``optParameters``.
 EDGE_PARAMETERS: list[list[Any]] = [
@@ -57,7 +57,7 @@ EDGE_PARAMETERS: list[list[Any]] = [
         None,
         5.0,
         "Seconds a client has to complete the opening handshake.",
-        non_negative_float,
+        positive_float,
     ],
     [
         "ping-interval",
@@ -116,8 +116,6 @@ def check_edge_options(options: usage.Options) -> None:
         origins = OriginPolicy(options["allowed-origin"])
     except ConfigurationError as e:
         raise usage.UsageError(f"--allowed-origin: {e}") from None
-    if options["handshake-timeout"] <= 0:
-        raise usage.UsageError("--handshake-timeout must be more than 0")
     options["edge-settings"] = EdgeSettings(
         max_message_size=options["max-message-size"],
         max_outbound_queue=options["max-outbound-queue"],
@@ -138,12 +136,42 @@ class ClientListenerService(StreamServerEndpointService):
     :param description: the endpoint string, for error messages.
     """
 
-    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(
+        self, description: str, endpoint: Any, factory: Any, daemon: bool = False
+    ) -> None:
         super().__init__(endpoint, factory)
         self.description = description
+        self.daemon = daemon
         # Report listening errors from privilegedStartService, before the
         # reactor runs, instead of logging them later.
         self._raiseSynchronously = True
+        self._ready: Deferred[Any] | None = None
+
+    def accept_when(self, ready: Deferred[Any]) -> None:
+        """
+        Bind the port at start as usual, but accept connections only once
+        ``ready`` fires (connections wait in the kernel's backlog meanwhile).
+
+        :param ready: fires when the node can serve clients.
+        """
+        self._ready = ready
+
+    def startService(self) -> None:
+        """
+        Start listening, paused until the node is ready.
+        """
+        super().startService()
+        ready = self._ready
+        if ready is None or self._waitingForPort is None:
+            return
+
+        def paused(port: Any) -> Any:
+            if not ready.called:
+                port.stopReading()
+                ready.addBoth(lambda result: (port.startReading(), result)[1])
+            return port
+
+        self._waitingForPort.addCallback(paused)
 
     def privilegedStartService(self) -> None:
         """
@@ -153,7 +181,7 @@ class ClientListenerService(StreamServerEndpointService):
             super().privilegedStartService()
         except CannotListenError as e:
             reason = e.socketError.strerror if e.socketError is not None else str(e)
-            fatal(f"cannot listen on {self.description}: {reason}")
+            fatal(f"cannot listen on {self.description}: {reason}", self.daemon)
 
 
 class GateService(Service):
@@ -244,4 +272,7 @@ def make_client_listener(
         endpoint = serverFromString(reactor, options["listen"])
     except (ValueError, KeyError, TypeError) as e:
         fatal(f"--listen {options['listen']}: not a valid endpoint ({e})")
-    return ClientListenerService(options["listen"], endpoint, edge), factory
+    return (
+        ClientListenerService(options["listen"], endpoint, edge, daemonized(options)),
+        factory,
+    )

@@ -47,6 +47,10 @@ CLOSE_POLICY = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 
+#: Messages a client may send while its on_connect runs before the gate stops
+#: reading from it.
+MAX_BACKLOG = 64
+
 
 def group_channel(group: str) -> str:
     """
@@ -74,11 +78,12 @@ class _LocalClient:
     """
     What the gate keeps for one of its clients.
 
-    ``backlog`` holds the client's messages while its connect event waits for
-    the index write; ``None`` means events go straight through.
+    ``backlog`` holds the client's messages until ``on_connect`` has
+    finished (its index entry is written first); ``None`` means messages go
+    straight through.
     """
 
-    __slots__ = ("conn", "uid", "groups", "info", "backlog", "announced", "gone")
+    __slots__ = ("conn", "uid", "groups", "info", "backlog", "announced", "gone", "held")
 
     def __init__(self, conn: IClientConnection) -> None:
         self.conn = conn
@@ -88,6 +93,7 @@ class _LocalClient:
         self.backlog: list[str | bytes] | None = []
         self.announced = False
         self.gone = False
+        self.held = False
 
 
 class _Channel:
@@ -229,10 +235,25 @@ class Gate:
             connected = self._events.client_connected(client_id, request)
         except Exception:
             connected = fail()
+        # The client's messages wait until on_connect has finished, so that a
+        # client the application refuses, or failed to set up, never reaches
+        # on_message.
+        connected.addCallbacks(
+            self._accepted,
+            self._connect_refused,
+            callbackArgs=(client_id, client),
+            errbackArgs=(client_id, client),
+        )
+
+    def _accepted(self, _: object, client_id: str, client: _LocalClient) -> None:
         backlog, client.backlog = client.backlog, None
+        if client.gone:
+            return
         for message in backlog or ():
             self._events.client_message(client_id, message)
-        connected.addErrback(self._connect_refused, client_id, client)
+        if client.held:
+            client.held = False
+            client.conn.resume_reading()
 
     def _index_failed(self, failure: Failure, client_id: str, client: _LocalClient) -> None:
         self._log.failure(
@@ -246,6 +267,7 @@ class Gate:
     def _connect_refused(
         self, failure: Failure, client_id: str, client: _LocalClient
     ) -> None:
+        client.backlog = None
         if failure.check(Reject):
             reject: Reject = failure.value  # type: ignore[assignment]
             code = reject.code if valid_close_code(reject.code) else CLOSE_POLICY
@@ -268,10 +290,15 @@ class Gate:
         if client is None:
             return
         self._metrics.message_in(len(message))
-        if client.backlog is not None:
-            client.backlog.append(message)
-        else:
+        backlog = client.backlog
+        if backlog is None:
             self._events.client_message(client_id, message)
+            return
+        backlog.append(message)
+        if len(backlog) >= MAX_BACKLOG and not client.held:
+            # on_connect is slow: stop reading until it has finished.
+            client.held = True
+            client.conn.pause_reading()
 
     def client_closed(self, client_id: str) -> None:
         """

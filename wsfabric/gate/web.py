@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.web import resource, static
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 #: Longest request head (request line and headers) a client may send.
 MAX_HEAD_SIZE = 16384
@@ -168,6 +168,41 @@ class EdgeFactory(Factory):
         super().doStop()
 
 
+class _StaticFiles(static.File):
+    """
+    A directory served at ``/``: files only, no directory listings, and
+    nothing whose name starts with a dot (``.git``, ``.env``, ...).
+    """
+
+    def directoryListing(self) -> resource.Resource:
+        """
+        Directories without an index.html are not listed.
+        """
+        return resource.NoResource("No such resource.")
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        """
+        Refuse hidden names.
+        """
+        if path.startswith(b"."):
+            return resource.NoResource("No such resource.")
+        return super().getChild(path, request)
+
+
+class _Request(Request):
+    """
+    A request whose response does not advertise the server's software and
+    version.
+    """
+
+    def setHeader(self, name: Any, value: Any) -> None:
+        """
+        Set a response header, except ``Server``.
+        """
+        if (name.lower() if isinstance(name, bytes) else name.lower().encode()) != b"server":
+            super().setHeader(name, value)
+
+
 class _Home(resource.Resource):
     """
     What ``/`` shows when no static directory is served.
@@ -201,7 +236,7 @@ def make_site(ws_path: str, static_dir: str | None, clock: IReactorTime) -> Site
     """
     root: resource.Resource
     if static_dir is not None:
-        root = static.File(static_dir)
+        root = _StaticFiles(static_dir)
     else:
         root = _Home(ws_path)
     root.putChild(
@@ -209,6 +244,7 @@ def make_site(ws_path: str, static_dir: str | None, clock: IReactorTime) -> Site
         static.File(str(client_script_path()), defaultType="text/javascript"),
     )
     site = Site(root, reactor=clock)
+    site.requestFactory = _Request
     site.displayTracebacks = False
     site.noisy = False
     # Plain HTTP clients get this long to be idle between requests.

@@ -302,7 +302,7 @@ class FabricServerProtocol(WebSocketServerProtocol):
         self._outbound = None
         self._outbound_bytes = 0
         self._log.warn(
-            "client {client_id} stopped reading ({limit} bytes queued); "
+            "client {client_id} is not reading fast enough ({limit} bytes queued); "
             "closing it as a slow consumer",
             client_id=self.client_id,
             limit=factory.settings.max_outbound_queue,
@@ -341,7 +341,9 @@ class FabricServerFactory(WebSocketServerFactory):
     def __init__(
         self, gate: Gate, settings: EdgeSettings, metrics: Metrics, reactor: Any
     ) -> None:
-        super().__init__(reactor=reactor)
+        # No Server header: there is no need to tell the world which versions
+        # run here.
+        super().__init__(reactor=reactor, server=None)
         # Autobahn uses ``server`` for its Server header, so the gate gets
         # another name.
         self.gate = gate
@@ -364,6 +366,8 @@ class FabricServerFactory(WebSocketServerFactory):
             # Origins are checked in onConnect, which answers 403.
             allowedOrigins=["*"],
             allowNullOrigin=True,
+            # A plain GET on the WebSocket path gets 426, not a status page.
+            webStatus=False,
         )
         if settings.compression:
             options["perMessageCompressionAccept"] = _accept_deflate
