@@ -14,7 +14,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -131,18 +131,21 @@ class MemoryIndex:
         self._uids: dict[str, set[str]] = {}
         self._groups: dict[str, set[str]] = {}
 
-    def _entry(self, gate_id: str, client_id: str) -> _Entry:
+    def _entry(self, gate_id: str, client_id: str) -> _Entry | None:
         entry = self._clients.get(client_id)
         if entry is None or entry.gate_id != gate_id:
-            raise ClientNotFound(client_id)
+            return None
         return entry
 
     # -- writes ---------------------------------------------------------
 
     def add_client(self, gate_id: str, client_id: str) -> Deferred[None]:
         """
-        Record ``client_id`` as online on ``gate_id``.
+        Record ``client_id`` as online on ``gate_id`` (afresh, if it was
+        recorded already).
         """
+        if client_id in self._clients:
+            self.remove_client(self._clients[client_id].gate_id, client_id)
         self._clients[client_id] = _Entry(gate_id)
         return succeed(None)
 
@@ -166,6 +169,8 @@ class MemoryIndex:
         Bind ``client_id`` to ``uid``, replacing an earlier binding.
         """
         entry = self._entry(gate_id, client_id)
+        if entry is None:
+            return fail(ClientNotFound(client_id))
         if entry.uid is not None:
             _discard(self._uids, entry.uid, client_id)
         entry.uid = uid
@@ -177,6 +182,8 @@ class MemoryIndex:
         Remove the uid binding of ``client_id``.
         """
         entry = self._entry(gate_id, client_id)
+        if entry is None:
+            return fail(ClientNotFound(client_id))
         if entry.uid is not None:
             _discard(self._uids, entry.uid, client_id)
             entry.uid = None
@@ -187,6 +194,8 @@ class MemoryIndex:
         Add ``client_id`` to ``group``.
         """
         entry = self._entry(gate_id, client_id)
+        if entry is None:
+            return fail(ClientNotFound(client_id))
         if entry.groups is None:
             entry.groups = set()
         entry.groups.add(group)
@@ -198,6 +207,8 @@ class MemoryIndex:
         Remove ``client_id`` from ``group``.
         """
         entry = self._entry(gate_id, client_id)
+        if entry is None:
+            return fail(ClientNotFound(client_id))
         if entry.groups and group in entry.groups:
             entry.groups.discard(group)
             _discard(self._groups, group, client_id)
@@ -209,7 +220,10 @@ class MemoryIndex:
         """
         Replace the info of ``client_id``.
         """
-        self._entry(gate_id, client_id).info = dict(info) if info else None
+        entry = self._entry(gate_id, client_id)
+        if entry is None:
+            return fail(ClientNotFound(client_id))
+        entry.info = dict(info) if info else None
         return succeed(None)
 
     # -- reads ------------------------------------------------------------

@@ -12,7 +12,7 @@ providers, which the transports implement, and hands client events to an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
@@ -141,6 +141,9 @@ class Gate:
         self._uids: dict[str, set[str]] = {}
         self._channels: dict[str, _Channel] = {}
         self._all: _Channel | None = None
+        #: Index writes that failed (the index may disagree with the gate
+        #: until it is rewritten from :meth:`records`).
+        self.index_failures = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -166,15 +169,24 @@ class Gate:
         """
         return list(self._clients)
 
-    def records(self) -> list[tuple[str, str | None, tuple[str, ...], dict[str, Any] | None]]:
+    def records(
+        self, client_ids: Iterable[str] | None = None
+    ) -> list[tuple[str, str | None, tuple[str, ...], dict[str, Any] | None]]:
         """
-        :return: ``(client_id, uid, groups, info)`` of every client this gate
-            holds: what the index must say about them (used to rebuild the
-            index after the cluster state lost data).
+        :param client_ids: the clients wanted (those the gate still holds),
+            or ``None`` for all.
+        :return: ``(client_id, uid, groups, info)`` of those clients: what the
+            index must say about them now (used to rewrite the index after
+            the cluster state lost data or writes failed).
         """
+        clients = self._clients
+        if client_ids is None:
+            selected: Iterable[tuple[str, _LocalClient]] = clients.items()
+        else:
+            selected = ((cid, clients[cid]) for cid in client_ids if cid in clients)
         return [
             (client_id, client.uid, tuple(client.groups or ()), client.info)
-            for client_id, client in self._clients.items()
+            for client_id, client in selected
         ]
 
     def reincarnate(self, gate_id: str) -> int:
@@ -256,6 +268,7 @@ class Gate:
             client.conn.resume_reading()
 
     def _index_failed(self, failure: Failure, client_id: str, client: _LocalClient) -> None:
+        self.index_failures += 1
         self._log.failure(
             "could not record client {client_id} in the index; closing it",
             failure,
@@ -331,7 +344,7 @@ class Gate:
             removed: Deferred[None] = succeed(None)
         else:
             try:
-                removed = self._index.remove_client(self.gate_id, client_id)
+                removed = self._written(self._index.remove_client(self.gate_id, client_id))
             except Exception:
                 removed = fail()
         removed.addErrback(
@@ -396,7 +409,7 @@ class Gate:
         members.add(client_id)
         channel = self._listen(uid_channel(uid))
         return self._both(
-            self._ready(channel), self._index.bind_uid(self.gate_id, client_id, uid)
+            self._ready(channel), self._written(self._index.bind_uid(self.gate_id, client_id, uid))
         )
 
     def unbind_uid(self, client_id: str, uid: str) -> Deferred[None]:
@@ -410,7 +423,7 @@ class Gate:
             return succeed(None)
         client.uid = None
         self._forget_uid(client_id, uid)
-        return self._index.unbind_uid(self.gate_id, client_id)
+        return self._written(self._index.unbind_uid(self.gate_id, client_id))
 
     def join_group(self, client_id: str, group: str) -> Deferred[None]:
         """
@@ -431,7 +444,7 @@ class Gate:
         channel = self._listen(group_channel(group))
         return self._both(
             self._ready(channel),
-            self._index.join_group(self.gate_id, client_id, group),
+            self._written(self._index.join_group(self.gate_id, client_id, group)),
         )
 
     def leave_group(self, client_id: str, group: str) -> Deferred[None]:
@@ -445,7 +458,7 @@ class Gate:
             return succeed(None)
         client.groups.discard(group)
         self._forget_group(client_id, group)
-        return self._index.leave_group(self.gate_id, client_id, group)
+        return self._written(self._index.leave_group(self.gate_id, client_id, group))
 
     def set_info(self, client_id: str, info: dict[str, Any]) -> Deferred[None]:
         """
@@ -455,7 +468,7 @@ class Gate:
         if client is None:
             return fail(ClientNotFound(client_id))
         client.info = check_info(info) or None
-        return self._index.set_info(self.gate_id, client_id, client.info or {})
+        return self._written(self._index.set_info(self.gate_id, client_id, client.info or {}))
 
     def update_info(self, client_id: str, partial: dict[str, Any]) -> Deferred[None]:
         """
@@ -467,7 +480,7 @@ class Gate:
         merged = dict(client.info or ())
         merged.update(check_info(partial))
         client.info = merged or None
-        return self._index.set_info(self.gate_id, client_id, merged)
+        return self._written(self._index.set_info(self.gate_id, client_id, merged))
 
     # -- flow control -----------------------------------------------------------
 
@@ -576,6 +589,15 @@ class Gate:
         self._metrics.delivered(count)
 
     # -- helpers ------------------------------------------------------------------
+
+    def _written(self, write: Deferred[None]) -> Deferred[None]:
+        # The gate's state stands even when its index write fails; count the
+        # failure so that the index gets rewritten from the gate.
+        return write.addErrback(self._write_failed)
+
+    def _write_failed(self, failure: Failure) -> Failure:
+        self.index_failures += 1
+        return failure
 
     def _both(self, first: Deferred[None], second: Deferred[None]) -> Deferred[None]:
         return (

@@ -24,8 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -97,13 +98,19 @@ class GateMembership(Service):
 
     _log = Logger()
 
-    def __init__(self, gate: Gate, redis: Any, pool: BackendPool, clock: Any) -> None:
+    def __init__(
+        self, gate: Gate, redis: Any, pool: BackendPool, clock: Any, repair_interval: float = 5.0
+    ) -> None:
         self._gate = gate
         self._redis = redis
         self._pool = pool
         self._clock = clock
+        self._repair_interval = repair_interval
         self._remove_listener: Any = None
         self._retry: Any = None
+        self._repairer: LoopingCall | None = None
+        self._failures_seen = 0
+        self._repairing = False
 
     def startService(self) -> None:
         """
@@ -111,9 +118,63 @@ class GateMembership(Service):
         """
         super().startService()
         self._remove_listener = self._redis.add_listener(
-            on_data_lost=self._data_lost, on_lease_lost=self._lease_lost
+            on_data_lost=self._data_lost,
+            on_lease_lost=self._lease_lost,
+            on_connected=self._connected,
         )
         self._register()
+        self._repairer = LoopingCall(self._repair_if_needed)
+        self._repairer.clock = self._clock
+        self._repairer.start(self._repair_interval, now=False)
+
+    def _connected(self, link: str, reconnected: bool) -> None:
+        # Writes refused while Redis was away left the index behind.
+        if link == "command" and reconnected:
+            self._repair("Redis came back")
+
+    def _repair_if_needed(self) -> None:
+        failures = self._gate.index_failures
+        if failures != self._failures_seen:
+            self._repair(f"{failures - self._failures_seen} index writes failed")
+
+    def _repair(self, why: str) -> None:
+        """
+        Rewrite the gate's entries in the index from what the gate holds.
+        """
+        from wsfabric.cluster.redis import ClientRecord
+
+        if self._repairing:
+            return
+        self._repairing = True
+        self._failures_seen = self._gate.index_failures
+
+        def current(client_ids: Any) -> list[ClientRecord]:
+            return [ClientRecord(*record) for record in self._gate.records(client_ids)]
+
+        def done(counts: Any) -> None:
+            self._log.info(
+                "rewrote the index entries of {count} clients and removed {removed} "
+                "stale ones ({why})",
+                count=counts[0],
+                removed=counts[1],
+                why=why,
+            )
+
+        def failed(failure: Failure) -> None:
+            # Try again at the next tick.
+            self._failures_seen = -1
+            self._log.warn("could not rewrite the index ({why}): {error}", why=why,
+                           error=failure.getErrorMessage())
+
+        def finished(result: object) -> object:
+            self._repairing = False
+            return result
+
+        try:
+            rewriting = self._redis.index.resync_gate(self._gate.gate_id, current)
+        except Exception:
+            rewriting = fail()
+        rewriting.addCallbacks(done, failed).addBoth(finished)
 
     def _register(self) -> None:
         self._retry = None
@@ -132,18 +193,9 @@ class GateMembership(Service):
         self._redis.registry.register(self._gate.gate_id, "gate", {}).addErrback(failed)
 
     def _data_lost(self, *args: Any) -> None:
-        from wsfabric.cluster.redis import ClientRecord
-
-        records = [ClientRecord(*record) for record in self._gate.records()]
-        self._log.warn(
-            "Redis lost its data; rewriting the entries of {count} clients",
-            count=len(records),
-        )
-
-        def failed(failure: Failure) -> None:
-            self._log.failure("could not rewrite the index after Redis lost its data", failure)
-
-        self._redis.index.resync_gate(self._gate.gate_id, records).addErrback(failed)
+        self._log.warn("Redis lost its data; rewriting this gate's index entries")
+        self._repairing = False
+        self._repair("Redis lost its data")
 
     def _lease_lost(self, node_id: Any = None, *args: Any) -> None:
         if node_id is not None and node_id != self._gate.gate_id:
@@ -170,6 +222,8 @@ class GateMembership(Service):
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self._repairer is not None and self._repairer.running:
+            self._repairer.stop()
         if self._remove_listener is not None:
             self._remove_listener()
         try:
