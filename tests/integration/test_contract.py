@@ -25,7 +25,7 @@ from tests.integration.support import (
     async_test,
     shared,
 )
-from wsfabric.testing.processes import StandaloneNode
+from wsfabric.testing.processes import Cluster, StandaloneNode
 
 
 def unique(prefix: str) -> str:
@@ -368,3 +368,17 @@ class StandaloneContractTests(ContractTestsMixin, IntegrationTestCase):
             lambda: StandaloneNode(CONTRACT_APP, [], cwd=PROJECT).start(),
         )
         return [node.ws_url]
+
+
+class ClusterContractTests(ContractTestsMixin, IntegrationTestCase):
+    """
+    The same contract against a cluster of two gates and two backends
+    (clients alternate between the gates).
+    """
+
+    def deployment_urls(self) -> list[str]:
+        cluster = shared(
+            "cluster-contract",
+            lambda: Cluster(CONTRACT_APP, gates=2, backends=2, cwd=PROJECT).start(),
+        )
+        return cluster.gate_urls

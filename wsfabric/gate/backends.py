@@ -436,6 +436,7 @@ class BackendPool:
         self._connections: list[BackendConnection] = []
         self._assigned: dict[str, BackendConnection] = {}
         self._waiting: dict[str, _Waiting] = {}
+        self._stopping = False
 
     # -- membership ------------------------------------------------------------------
 
@@ -489,6 +490,7 @@ class BackendPool:
         """
         from twisted.internet.defer import gatherResults
 
+        self._stopping = True
         stops = [self.remove(key) for key in list(self._services)]
         return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
 
@@ -505,6 +507,8 @@ class BackendPool:
         moved = [cid for cid, owner in self._assigned.items() if owner is connection]
         for client_id in moved:
             del self._assigned[client_id]
+        if self._stopping:
+            return
         self._log.warn(
             "backend {backend_id} lost; its {count} clients move to other backends",
             backend_id=connection.backend_id,

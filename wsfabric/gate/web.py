@@ -131,6 +131,8 @@ class EdgeFactory(Factory):
     :param head_timeout: seconds a client has to send its request head.
     """
 
+    noisy = False
+
     def __init__(
         self,
         websocket: Factory,

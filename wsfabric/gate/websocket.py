@@ -337,6 +337,7 @@ class FabricServerFactory(WebSocketServerFactory):
     """
 
     protocol = FabricServerProtocol
+    noisy = False
 
     def __init__(
         self, gate: Gate, settings: EdgeSettings, metrics: Metrics, reactor: Any
