@@ -37,7 +37,7 @@ from wsfabric.fabric import Fabric
 from wsfabric.gate.tap import ClusterNodeService
 from wsfabric.ids import new_gate_id
 from wsfabric.metrics import Metrics
-from wsfabric.options import WsfabricOptions, load_app_factory
+from wsfabric.options import WsfabricOptions, load_app_factory, non_negative_float
 from wsfabric.service import daemonized, fatal
 from wsfabric.standalone import APP_PARAMETERS, build_application
 
@@ -95,6 +95,7 @@ class Options(WsfabricOptions):
                 None,
                 10.0,
                 "Seconds to wait on shutdown for the application to finish its events.",
+                non_negative_float,
             ],
         ]
         + CLUSTER_PARAMETERS
@@ -114,10 +115,6 @@ class Options(WsfabricOptions):
                 self["advertise"] = advertised_endpoint(self["listen"])
             except ValueError as e:
                 raise usage.UsageError(f"--listen: {e}; give --advertise") from None
-        try:
-            self["shutdown-timeout"] = float(self["shutdown-timeout"])
-        except ValueError:
-            raise usage.UsageError("--shutdown-timeout must be a number of seconds") from None
 
 
 class BackendMembership(Service):

@@ -70,8 +70,7 @@ class Options(WsfabricOptions):
 
     def opt_backend(self, endpoint: str) -> None:
         """
-        A backend to dial, as a client endpoint (tcp:HOST:PORT), instead of
-        finding backends in Redis (repeatable).
+        A backend to dial (tcp:HOST:PORT), instead of finding them in Redis (repeatable).
         """
         self.append("backend", endpoint)
 
