@@ -214,7 +214,12 @@ class User:
 
 
 def check(
-    url: str, shots: str, chromium_path: str, watchdog: browserlib.Watchdog, reconnect: bool
+    url: str,
+    shots: str,
+    chromium_path: str,
+    watchdog: browserlib.Watchdog,
+    reconnect: bool,
+    bob_url: str | None = None,
 ) -> str:
     errors: list[str] = []
     with browserlib.chromium(
@@ -224,8 +229,9 @@ def check(
         bob = User(browser, "bob", watchdog, errors)
         users = [alice, bob]
         try:
-            for user in users:
-                user.open(url)
+            # On a cluster, bob's page may come from another gate than alice's.
+            alice.open(url)
+            bob.open(bob_url or url)
             for user in users:
                 user.login()
             for user in users:
@@ -292,7 +298,8 @@ def check(
                 except Exception:
                     pass
     done = " and carol's page came back after a 1012 close" if reconnect else ""
-    return f"alice and bob chatted in {ROOM} at {url}{done}; screenshots in {shots}"
+    where = f"{url} and {bob_url}" if bob_url else url
+    return f"alice and bob chatted in {ROOM} at {where}{done}; screenshots in {shots}"
 
 
 def check_reconnect(
@@ -344,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", help="the chat page, e.g. http://127.0.0.1:8080/")
     parser.add_argument("screenshot_dir")
     parser.add_argument(
+        "--bob-url",
+        help="open bob's page here instead (another gate of a cluster); alice uses URL",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=60.0, help="overall limit in seconds (default 60)"
     )
     parser.add_argument(
@@ -361,8 +372,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(watchdog: browserlib.Watchdog) -> str:
         browserlib.require_loopback(args.url)
+        if args.bob_url:
+            browserlib.require_loopback(args.bob_url)
         os.makedirs(args.screenshot_dir, exist_ok=True)
-        return check(args.url, args.screenshot_dir, args.chromium, watchdog, args.reconnect)
+        return check(
+            args.url, args.screenshot_dir, args.chromium, watchdog, args.reconnect, args.bob_url
+        )
 
     return browserlib.run(NAME, body, args.timeout)
 

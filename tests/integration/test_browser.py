@@ -13,6 +13,7 @@ import sys
 import tempfile
 
 from tests.integration.support import PROJECT, IntegrationTestCase, async_test
+from wsfabric.testing.processes import Cluster
 
 BROWSER = os.path.join(PROJECT, "tests", "browser")
 SCREENSHOTS = os.path.join(tempfile.gettempdir(), "wsfabric-screenshots")
@@ -42,6 +43,25 @@ class BrowserTests(IntegrationTestCase):
             "examples.chat.app:ChatApp", ["--static", "examples/chat/static"]
         )
         await self.drive("chat_check.py", node.http_url + "/", SCREENSHOTS)
+
+    @async_test(timeout=170)
+    async def test_chat_page_across_gates(self) -> None:
+        """
+        On a cluster of two gates and two backends, alice's page comes from
+        one gate and bob's from the other, and the chat works across them
+        exactly as in standalone mode.
+        """
+        cluster = Cluster(
+            "examples.chat.app:ChatApp", gates=2, backends=2, cwd=PROJECT,
+            gate_options=["--static", "examples/chat/static"],
+        )
+        self.addCleanup(cluster.stop)
+        await asyncio.to_thread(cluster.start)
+        first, second = (url.replace("ws://", "http://").replace("/ws", "/")
+                         for url in cluster.gate_urls)
+        await self.drive(
+            "chat_check.py", first, SCREENSHOTS + "-cluster", "--bob-url", second
+        )
 
     @async_test(timeout=170)
     async def test_wsfabric_js(self) -> None:
