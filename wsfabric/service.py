@@ -5,6 +5,7 @@ start-up problem.
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 from typing import Any, NoReturn
@@ -82,6 +83,12 @@ class NodeService(MultiService):
         """
         if getattr(self._reactor, "_exitSignal", None) == signal.SIGTERM:
             self._reactor._exitSignal = None
+        # The process is about to exit: cyclic garbage collection only costs
+        # time now. With 10,000 clients it took half of a gate's shutdown
+        # (full collections over a million live objects). It is switched
+        # back on once stopped, for whoever embeds the service.
+        collecting = gc.isenabled()
+        gc.disable()
         self.running = 0
         children = list(self)
         children.reverse()
@@ -101,4 +108,11 @@ class NodeService(MultiService):
             stopping.addCallback(stop_next)
 
         stop_next()
+        if collecting:
+            done.addBoth(_collect_again)
         return done
+
+
+def _collect_again(result: object) -> object:
+    gc.enable()
+    return result

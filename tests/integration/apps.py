@@ -15,11 +15,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections import deque
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from wsfabric.errors import Reject
@@ -48,11 +50,20 @@ def _encode(value: Any) -> Any:
 class ContractApp:
     """
     Every IFabric method, callable by clients; plus a few test hooks.
+
+    Query parameters of the handshake set the client up in ``on_connect``:
+    ``bind=UID`` binds it, ``join=G1,G2`` joins groups, ``sleep=S`` makes
+    ``on_connect`` take S seconds (logged, so that a test can find the
+    backend running it), ``hello=1`` sends it ``hello`` once it is set up,
+    ``reject=CODE`` and ``fail=1`` refuse it.
     """
+
+    _log = Logger()
 
     def __init__(self, fabric: IFabric) -> None:
         self.fabric = fabric
-        self.events: list[list[Any]] = []
+        # The latest events only: churn tests run 100,000 clients through.
+        self.events: deque[list[Any]] = deque(maxlen=10_000)
 
     def on_connect(self, client_id: str, request: Any) -> Any:
         self.events.append(["connect", client_id])
@@ -60,9 +71,23 @@ class ContractApp:
             raise Reject(int(request.params["reject"]), "rejected by test")
         if "fail" in request.params:
             raise RuntimeError("on_connect failed on purpose")
+        if request.params.keys() & {"sleep", "join", "hello"}:
+            return ensureDeferred(self._set_up(client_id, request.params))
         if "bind" in request.params:
             return self.fabric.bind_uid(client_id, request.params["bind"])
         return None
+
+    async def _set_up(self, client_id: str, params: dict[str, str]) -> None:
+        if "sleep" in params:
+            self._log.info("on_connect of {client_id} sleeps {delay} s",
+                           client_id=client_id, delay=params["sleep"])
+            await deferLater(reactor, float(params["sleep"]), lambda: None)
+        if "bind" in params:
+            await self.fabric.bind_uid(client_id, params["bind"])
+        for group in filter(None, params.get("join", "").split(",")):
+            await self.fabric.join_group(client_id, group)
+        if "hello" in params:
+            await self.fabric.send_to_client(client_id, "hello")
 
     async def on_message(self, client_id: str, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -100,8 +125,11 @@ class ContractApp:
             return client_id
         if name == "pid":
             return os.getpid()
+        if name == "version":
+            # Stands for the application's code: a restart may bring another.
+            return os.environ.get("CONTRACT_APP_VERSION", "1")
         if name == "events":
-            return self.events
+            return list(self.events)
         if name == "sleep":
             await deferLater(reactor, float(args[0]), lambda: None)
             return args[1] if len(args) > 1 else None

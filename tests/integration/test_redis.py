@@ -11,7 +11,9 @@ or with ``--reactor=asyncio``).
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import time
 from typing import Any
 
@@ -22,6 +24,7 @@ from zope.interface.verify import verifyObject
 
 from wsfabric.cluster.memory import MemoryIndex
 from wsfabric.cluster.redis import (
+    _RESTORE_CLIENTS,
     ClientRecord,
     Fenced,
     RedisService,
@@ -311,6 +314,34 @@ class IndexTests(RedisTestCase):
         self.assertEqual((yield index.get_client_ids_by_uid("u")), [])
         self.assertEqual((yield index.get_client_ids_by_group("room")), [])
         self.assertEqual((yield index.get_all_client_count()), 1)
+
+    @inlineCallbacks
+    def test_removals_of_one_turn_go_together(self):
+        """
+        remove_client calls made in one reactor turn reach Redis as a few
+        scripts of up to 500 clients, not one round trip each: a gate
+        closing 10,000 clients on SIGTERM could not read 10,000 replies back
+        within the command timeout.
+        """
+        svc = yield self.service("n1")
+        yield svc.registry.register("g1", "gate", {})
+        index = svc.index
+        yield svc.command.run_script(
+            _RESTORE_CLIENTS,
+            ("g1", *(json.dumps({"c": f"c{i}", "g": ["room"]}) for i in range(1200))),
+            write=True,
+        )
+        yield index.add_client("g1", "other-gate-client")
+        self.server.command("CONFIG", "RESETSTAT")
+        removals = [index.remove_client("g1", f"c{i}") for i in range(1200)]
+        removals.append(index.remove_client("g2", "other-gate-client"))
+        yield gatherResults(removals)
+        calls = self.server.command("INFO", "commandstats").decode()
+        # 500 + 500 + 200 clients of g1, and one script for g2.
+        self.assertEqual(re.search(r"cmdstat_evalsha:calls=(\d+)", calls).group(1), "4")
+        self.assertEqual((yield index.get_all_client_count()), 1)
+        self.assertEqual((yield index.get_client_count_by_group("room")), 0)
+        self.assertTrue((yield index.is_online("other-gate-client")))
 
     @inlineCallbacks
     def test_resync_gate(self):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -298,6 +300,64 @@ class BackendLossTests(SynchronousTestCase):
         self.assertIsNone(connection.close_code)
         backend = cluster.backend()
         self.assertEqual(backend.app.kinds(client_id), ["connect", "early"])
+
+    def test_pending_connect_moves_to_another_backend(self) -> None:
+        """
+        A client whose on_connect was on its way to a backend that dies is
+        set up on another backend, not closed: the dead connection, still
+        listed while its pending calls fail, is never picked again.
+        """
+        cluster = ClusterInMemory()
+        first = cluster.backend(name="b1")
+        second = cluster.backend(name="b2")
+        connection = RecordingConnection()
+        client_id = cluster.gate.client_opened(
+            connection, ConnectRequest(peer="tcp4:127.0.0.1:1")
+        )
+        owner = cluster.pool._assigned[client_id]
+        dead = [link[0] for link in cluster.links].index(owner)
+        cluster.pumps.pop(dead)  # the call never reaches it: it was killed
+        owner.connectionLost(Failure(ConnectionLost("backend killed")))
+        cluster.flush()
+        survivor = second if dead == 0 else first
+        self.assertEqual(survivor.app.kinds(client_id), ["connect"])
+        self.assertIsNone(connection.close_code)
+        self.assertEqual(len(cluster.gate), 1)
+
+    def test_reincarnation_delivers_close_events(self) -> None:
+        """
+        A gate declared dead closes its clients and reconnects to its
+        backends under its new id; the application still hears on_close of
+        every client it closed (queued events are sent before the
+        connection closes).
+        """
+        cluster = ClusterInMemory()
+        backend = cluster.backend()
+        ids = [cluster.connect()[0] for _ in range(3)]
+        self.assertEqual(cluster.gate.reincarnate(new_gate_id()), 3)
+        cluster.pool.reconnect_all()
+        cluster.flush()
+        for client_id in ids:
+            self.assertEqual(backend.app.kinds(client_id), ["connect", "close"])
+        gate_side, _ = cluster.links[0]
+        self.assertTrue(gate_side.gone)
+        self.assertEqual(cluster.pool.connected(), [])
+
+    def test_stop_sends_queued_close_events(self) -> None:
+        """
+        A gate shutting down closes its clients, then its backend links: the
+        close events queued for a backend are sent before its link closes.
+        """
+        cluster = ClusterInMemory()
+        backend = cluster.backend()
+        ids = [cluster.connect()[0] for _ in range(3)]
+        cluster.gate.close_all(1001, "bye")
+        cluster.pool.stop()
+        gate_side, _ = cluster.links[0]
+        gate_side.transport.loseConnection()
+        cluster.flush()
+        for client_id in ids:
+            self.assertEqual(backend.app.kinds(client_id), ["connect", "close"])
 
     def test_hung_backend_is_dropped(self) -> None:
         """

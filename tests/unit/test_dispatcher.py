@@ -269,6 +269,29 @@ class FlowControlTests(SynchronousTestCase):
         app.pending[1].callback(None)
         self.successResultOf(idle)
 
+    def test_when_idle_ignores_connected_clients(self) -> None:
+        """
+        when_idle waits for hooks that are running, not for clients that
+        are merely connected: a backend shutting down while its clients stay
+        connected at their gates must not wait for them to leave.
+        """
+        app = SlowApp("deferred")
+        dispatcher = Dispatcher(app, Metrics())
+        dispatcher.client_connected("idle", REQUEST)
+        app.pending[0].callback(None)
+        dispatcher.client_connected("busy", REQUEST)
+        dispatcher.client_message("busy", "x")
+        self.assertEqual(len(dispatcher), 2)
+        self.assertEqual(dispatcher.busy, 1)
+        idle = dispatcher.when_idle()
+        self.assertNoResult(idle)
+        app.pending[1].callback(None)
+        self.assertNoResult(idle)
+        app.pending[2].callback(None)
+        self.successResultOf(idle)
+        self.assertEqual(dispatcher.busy, 0)
+        self.successResultOf(dispatcher.when_idle())
+
     def test_gate_pauses_connection(self) -> None:
         """
         In standalone mode the dispatcher's flow control reaches the client's

@@ -5,6 +5,7 @@ mode, in memory.
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.apps import RecordingApp
@@ -400,3 +401,22 @@ class GateLifecycleTests(FabricTestCase):
         b = self.harness.connect()
         self.assertTrue(b.client_id.startswith("00000000000000aa-"))
         self.assertNotEqual(old, gate.gate_id)
+
+    def test_close_all_a_chunk_per_turn(self) -> None:
+        """
+        With a clock, close_all closes a bounded number of clients per
+        reactor turn (so their answers are read in between), and fires once
+        every one is closed and gone from the index.
+        """
+        clients = [self.harness.connect() for _ in range(7)]
+        clock = Clock()
+        closed = self.harness.gate.close_all(1001, "bye", clock, per_turn=3)
+        # The first three now, the rest in later turns.
+        self.assertEqual([c.close_code for c in clients].count(1001), 3)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertNoResult(closed)
+        clock.advance(0)
+        self.successResultOf(closed)
+        self.assertEqual([c.close_code for c in clients], [1001] * 7)
+        self.assertEqual(self.result(self.fabric.get_all_client_count()), 0)
+        self.assertEqual([e[0] for e in self.harness.app.events].count("close"), 7)

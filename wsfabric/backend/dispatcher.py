@@ -80,13 +80,24 @@ class Dispatcher:
         self._high_water = high_water
         self._low_water = low_water
         self._queues: dict[str, _ClientQueue] = {}
+        # Queues with a hook running: idle is when there are none (a known
+        # client that is merely connected is idle).
+        self._busy = 0
         self._idle_waiters: list[Deferred[None]] = []
 
     def __len__(self) -> int:
         """
-        :return: the number of clients with events not yet fully handled.
+        :return: the number of clients the dispatcher knows (connected, or
+            with events not yet fully handled).
         """
         return len(self._queues)
+
+    @property
+    def busy(self) -> int:
+        """
+        The number of clients with events not yet fully handled.
+        """
+        return self._busy
 
     # -- IClientEvents ---------------------------------------------------------
 
@@ -115,10 +126,11 @@ class Dispatcher:
     def when_idle(self) -> Deferred[None]:
         """
         :return: a Deferred that fires once no client has events pending (used
-            to finish in-flight events before shutting down).
+            to finish in-flight events before shutting down). Clients that
+            are connected but have nothing pending do not hold it up.
         """
         waiter: Deferred[None] = Deferred()
-        if self._queues:
+        if self._busy:
             self._idle_waiters.append(waiter)
         else:
             waiter.callback(None)
@@ -150,6 +162,7 @@ class Dispatcher:
                 self._flow_control(client_id, True)
             return
         queue.busy = True
+        self._busy += 1
         self._run(client_id, queue, kind, argument, outcome)
 
     def _run(
@@ -184,12 +197,13 @@ class Dispatcher:
                 self._flow_control(client_id, False)  # type: ignore[misc]
             return True
         queue.busy = False
+        self._busy -= 1
         if queue.closing and self._queues.get(client_id) is queue:
             del self._queues[client_id]
-            if not self._queues and self._idle_waiters:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
+        if not self._busy and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
         return False
 
     def _call(

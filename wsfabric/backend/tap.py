@@ -206,7 +206,7 @@ class BackendMembership(Service):
         settled.addErrback(
             lambda _: self._log.warn(
                 "shutting down with {count} clients' events unfinished",
-                count=len(dispatcher),
+                count=dispatcher.busy,
             )
         )
 

@@ -1555,7 +1555,8 @@ class RedisService(Service):
     :param command_timeout: seconds a command may take (default 2).
     :param connect_timeout: seconds a TCP connect may take (default: the
         command timeout).
-    :param probe_interval: seconds between liveness probes (default 1).
+    :param probe_interval: seconds between liveness probes (default 1, or a
+        quarter of the lease when that is shorter).
     :param probe_timeout: seconds a probe may take to come back (default 2).
     :param max_reconnect_delay: the cap of the reconnect backoff (default 2).
     :param lease: seconds a registered node's lease lasts (default 5); it is
@@ -1590,7 +1591,7 @@ class RedisService(Service):
         namespace: str = "wsfabric",
         command_timeout: float = 2.0,
         connect_timeout: float | None = None,
-        probe_interval: float = 1.0,
+        probe_interval: float | None = None,
         probe_timeout: float = 2.0,
         max_reconnect_delay: float = 2.0,
         lease: float = 5.0,
@@ -1606,6 +1607,10 @@ class RedisService(Service):
             )
         if not isinstance(node_id, str) or not node_id:
             raise ConfigurationError("the Redis node id must be a non-empty string")
+        if probe_interval is None:
+            # A short lease (``--lease 2``) needs faster probes: they keep
+            # Redis's activity clock ticking (see the module docstring).
+            probe_interval = min(1.0, lease / 4) if lease > 0 else 1.0
         for name, value in (
             ("command_timeout", command_timeout),
             ("probe_interval", probe_interval),
@@ -2016,6 +2021,9 @@ class RedisIndex:
     def __init__(self, service: RedisService) -> None:
         self._service = service
         self._p = service.namespace + ":"
+        # remove_client calls of one reactor turn, by gate, sent together.
+        self._removals: dict[str, list[tuple[str, Deferred[None]]]] = {}
+        self._removals_flush: Any = None
 
     def _write(self, script: _Script, *args: Any) -> Deferred[None]:
         return self._service.command.run_script(script, args, write=True).addCallback(_none)
@@ -2036,8 +2044,35 @@ class RedisIndex:
         """
         Remove ``client_id`` with its uid binding, groups and info (a no-op
         unless it is recorded on ``gate_id``; not fenced by the lease).
+
+        The removals asked for during one reactor turn go to Redis together,
+        at its end, at most 500 clients per script: a gate that closes
+        thousands of clients at once (on SIGTERM, or when they all drop)
+        sends a few scripts, not thousands of round trips that a busy gate
+        could not read back within the command timeout.
         """
-        return self._write(_REMOVE_CLIENTS, gate_id, client_id)
+        waiting: Deferred[None] = Deferred()
+        self._removals.setdefault(gate_id, []).append((client_id, waiting))
+        if self._removals_flush is None:
+            self._removals_flush = self._service.reactor.callLater(0, self._flush_removals)
+        return waiting
+
+    def _flush_removals(self) -> None:
+        self._removals_flush = None
+        removals, self._removals = self._removals, {}
+        for gate_id, waiting in removals.items():
+            for start in range(0, len(waiting), _WRITE_BATCH):
+                part = waiting[start : start + _WRITE_BATCH]
+                ids = tuple(client_id for client_id, _ in part)
+                try:
+                    sent = self._service.command.run_script(
+                        _REMOVE_CLIENTS, (gate_id, *ids), write=True
+                    )
+                except Exception:
+                    sent = fail()
+                sent.addCallbacks(
+                    _fire_all, _fail_all, callbackArgs=(part,), errbackArgs=(part,)
+                )
 
     def bind_uid(self, gate_id: str, client_id: str, uid: str) -> Deferred[None]:
         """
@@ -2207,6 +2242,16 @@ class RedisIndex:
         The number of clients online.
         """
         return self._read("SCARD", self._p + "clients").addCallback(int)
+
+
+def _fire_all(_: object, waiting: list[tuple[str, Deferred[None]]]) -> None:
+    for _, deferred in waiting:
+        deferred.callback(None)
+
+
+def _fail_all(failure: Failure, waiting: list[tuple[str, Deferred[None]]]) -> None:
+    for _, deferred in waiting:
+        deferred.errback(Failure(failure.value, failure.type, failure.getTracebackObject()))
 
 
 def _optional_text(value: Any) -> str | None:

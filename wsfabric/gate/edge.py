@@ -17,7 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from wsfabric.errors import ConfigurationError
+from wsfabric.errors import ClusterUnavailable, ConfigurationError
 from wsfabric.gate.gate import CLOSE_GOING_AWAY, Gate
 from wsfabric.gate.origins import OriginPolicy
 from wsfabric.gate.web import EdgeFactory, make_site
@@ -219,9 +219,18 @@ class GateService(Service):
         Join the bus's all-clients channel.
         """
         super().startService()
-        self.gate.start().addErrback(
-            lambda failure: self._log.failure("gate could not start", failure)
-        )
+        self.gate.start().addErrback(self._start_failed)
+
+    def _start_failed(self, failure: Any) -> None:
+        if failure.check(ClusterUnavailable):
+            # Redis is not connected yet: the channel stays wanted and the
+            # bus subscribes once it is (clients are accepted only then).
+            self._log.info(
+                "the gate joins the bus once Redis answers ({error})",
+                error=failure.getErrorMessage(),
+            )
+            return
+        self._log.failure("gate could not start", failure)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -235,11 +244,13 @@ class GateService(Service):
         closing = [
             protocol.is_closed for protocol in list(self._factory.connections)
         ]
-        removed = self.gate.close_all(CLOSE_GOING_AWAY, "server shutting down")
-        waits = [removed, DeferredList(closing)]
+        removed = self.gate.close_all(CLOSE_GOING_AWAY, "server shutting down", self._clock)
         if self._idle is not None:
-            waits.append(self._idle())
-        done = gatherResults(waits, consumeErrors=True)
+            # Clients are closed over several reactor turns: once all are
+            # (their on_close queued), wait for the application to finish.
+            idle = self._idle
+            removed.addCallback(lambda _: idle())
+        done = gatherResults([removed, DeferredList(closing)], consumeErrors=True)
         done.addTimeout(self._shutdown_timeout, self._clock)
         done.addErrback(lambda _: None)
         done.addCallback(lambda _: self.gate.stop())

@@ -501,16 +501,35 @@ class Gate:
         if client is not None:
             client.conn.resume_reading()
 
-    def close_all(self, code: int, reason: str) -> Deferred[None]:
+    def close_all(
+        self, code: int, reason: str, clock: Any = None, per_turn: int = 500
+    ) -> Deferred[None]:
         """
         Close every client (used when the gate shuts down); fires once the
         index no longer reports any of them.
+
+        :param clock: if given, at most ``per_turn`` clients are closed per
+            reactor turn: with thousands of clients, one long loop would
+            leave their close handshakes and the index's replies unread
+            until their timeouts had passed.
         """
-        removed = []
-        for client_id, client in list(self._clients.items()):
-            removed.append(self._drop(client_id, client, announce=True))
-            client.conn.close(code, reason)
-        return gatherResults(removed, consumeErrors=True).addCallback(lambda _: None)
+        removed: list[Deferred[None]] = []
+        done: Deferred[None] = Deferred()
+
+        def close_some() -> None:
+            clients = list(self._clients.items())
+            if clock is not None:
+                clients = clients[:per_turn]
+            for client_id, client in clients:
+                removed.append(self._drop(client_id, client, announce=True))
+                client.conn.close(code, reason)
+            if clock is not None and self._clients:
+                clock.callLater(0, close_some)
+                return
+            gatherResults(removed, consumeErrors=True).addCallback(_none).chainDeferred(done)
+
+        close_some()
+        return done
 
     # -- fan-out ------------------------------------------------------------------
 
