@@ -132,7 +132,8 @@ class BackendConnection(amp.AMP):
         self.draining = False
         self._events = Batcher(settings.clock, EventBatch, self._send_events)
         self._caller = RemoteCaller(
-            self, settings.clock, settings.call_timeout, settings.max_in_flight, "backend"
+            self, settings.clock, settings.call_timeout, settings.max_in_flight, "backend",
+            metrics=settings.metrics,
         )
         self._pinger: LoopingCall | None = None
         self._pings_missed = 0
@@ -216,6 +217,25 @@ class BackendConnection(amp.AMP):
             self.transport.abortConnection()
             return
         super().ampBoxReceived(box)
+
+    def flush(self) -> None:
+        """
+        Send the client events queued for this backend now.
+        """
+        self._events.flush()
+
+    def retire(self) -> None:
+        """
+        Stop using this connection: no new client events go to it, those
+        queued are sent, then it closes (and is dialled again).
+        """
+        if self.ready and not self.draining:
+            self.draining = True
+            self._on_lost(self)
+        self.flush()
+        if self.transport is not None:
+            # Not abortConnection: that would discard what is still buffered.
+            self.transport.loseConnection()
 
     def _ping(self) -> None:
         def answered(_: object) -> None:
@@ -477,12 +497,13 @@ class BackendPool:
 
     def reconnect_all(self) -> None:
         """
-        Drop every backend connection so that each is made again (and
-        authenticated under the gate's current id).
+        Close every backend connection so that each is made again (and
+        authenticated under the gate's current id). What is queued for a
+        connection is sent first: the close events of the clients a gate
+        declared dead has just closed must reach the application.
         """
         for connection in list(self._connections):
-            if connection.transport is not None:
-                connection.transport.abortConnection()
+            connection.retire()
 
     def stop(self) -> Deferred[None]:
         """
@@ -491,6 +512,10 @@ class BackendPool:
         from twisted.internet.defer import gatherResults
 
         self._stopping = True
+        for connection in self._connections:
+            # What is queued (the close events of the clients the gate has
+            # just closed) goes out before the connection closes.
+            connection.flush()
         stops = [self.remove(key) for key in list(self._services)]
         return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
 
@@ -516,7 +541,9 @@ class BackendPool:
         )
 
     def _pick(self, client_id: str) -> BackendConnection | None:
-        connections = self._connections
+        # A connection that is gone may still be listed while its loss is
+        # being handled (its pending calls fail before the pool hears of it).
+        connections = [c for c in self._connections if not (c.gone or c.draining)]
         if not connections:
             return None
         if len(connections) == 1:
@@ -553,16 +580,26 @@ class BackendPool:
     ) -> Deferred[None]:
         def retry(failure: Failure) -> Any:
             # The backend went away before on_connect finished: try another.
-            if (
-                failure.check(ClusterUnavailable)
-                and (owner.gone or owner.draining)
-                and retries > 0
-                and self._assigned.get(client_id) in (owner, None)
-            ):
+            if not (failure.check(ClusterUnavailable) and (owner.gone or owner.draining)):
+                return failure
+            other = None
+            if retries > 0 and self._assigned.get(client_id) in (owner, None):
                 self._assigned.pop(client_id, None)
                 other = self._owner(client_id)
-                if other is not None:
-                    return self._connect(other, client_id, request, retries - 1)
+            self._log.warn(
+                "on_connect of client {client_id} failed on backend {backend_id} ({error}); "
+                "{outcome}",
+                client_id=client_id,
+                backend_id=owner.backend_id,
+                error=failure.getErrorMessage(),
+                outcome=(
+                    f"running it on backend {other.backend_id}"
+                    if other is not None
+                    else "not retried: closing the client"
+                ),
+            )
+            if other is not None:
+                return self._connect(other, client_id, request, retries - 1)
             return failure
 
         return owner.connect(client_id, request).addErrback(retry)
