@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -49,9 +50,13 @@ from build_wsload import ensure_wsload  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-_VENV_BIN = ROOT / ".venv" / "bin"
-PYTHON = str(_VENV_BIN / "python") if (_VENV_BIN / "python").exists() else sys.executable
-TWISTD = str(_VENV_BIN / "twistd") if (_VENV_BIN / "twistd").exists() else "twistd"
+# Servers run with the interpreter (and its venv's scripts) that runs the
+# driver: bench/.venv under ``python -m bench run``.
+_BIN = Path(sys.executable).parent
+PYTHON = sys.executable
+TWISTD = str(_BIN / "twistd") if (_BIN / "twistd").exists() else "twistd"
+DAPHNE = str(_BIN / "daphne") if (_BIN / "daphne").exists() else "daphne"
+PYSPY = str(_BIN / "py-spy") if (_BIN / "py-spy").exists() else "py-spy"
 
 SERVER_START_TIMEOUT_S = 30.0
 SERVER_STOP_TIMEOUT_S = 10.0
@@ -69,20 +74,83 @@ QUIET_PROBE_S = 1.0  # ... over a probe this long
 
 
 @dataclass(frozen=True)
+class ClusterSpec:
+    """
+    A wsfabric cluster: a private ``redis-server``, ``backends`` ×
+    ``twistd wsfabric-backend --app APP`` and ``gates`` × ``twistd
+    wsfabric-gate``, all with one fresh ``WSFABRIC_CLUSTER_SECRET``. The
+    load generator's connections alternate over the gates (connection 0,
+    the broadcast publisher, on the first). Measuring starts once every
+    gate's log says ``backend <id> ready`` for every backend.
+    """
+
+    app: str
+    gates: int = 1
+    backends: int = 1
+
+
+@dataclass(frozen=True)
 class Server:
     """
-    A server command under test.
+    What is under test: one command, several copies of it, or a cluster.
 
-    :ivar argv: the command; ``{port}`` is replaced by the port.
+    :ivar argv: the command; ``{port}`` is replaced by its port,
+        ``{redis_port}`` and ``{redis_url}`` by the private Redis's.
     :ivar path: the WebSocket path the load generator connects to.
-    :ivar cwd: working directory of the command.
+    :ivar cwd: working directory of the command(s).
     :ivar env: extra environment variables.
+    :ivar copies: how many processes of ``argv`` to start, each on its own
+        port; the load generator's connections alternate over them.
+    :ivar redis: start a private ``redis-server`` first.
+    :ivar cluster: a wsfabric cluster instead of ``argv`` (implies Redis).
+    :ivar wsload: wsload flags and values that replace the scenario's for
+        this server (e.g. ``("-c", "500")``).
     """
 
-    argv: tuple[str, ...]
+    argv: tuple[str, ...] = ()
     path: str = "/"
     cwd: Path = ROOT
     env: dict[str, str] = field(default_factory=dict)
+    copies: int = 1
+    redis: bool = False
+    cluster: ClusterSpec | None = None
+    wsload: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """:return: one line for ``--list``."""
+        if self.cluster is not None:
+            c = self.cluster
+            return (
+                f"path {self.path}: cluster of {c.gates} gate(s) + {c.backends} backend(s) "
+                f"--app {c.app} + redis-server"
+            )
+        extra = f"{self.copies} x " if self.copies > 1 else ""
+        extra += "(+ redis-server) " if self.redis else ""
+        over = f" [wsload {' '.join(self.wsload)}]" if self.wsload else ""
+        return f"path {self.path}: {extra}{' '.join(self.argv)}{over}"
+
+
+def _twistd_standalone(app: str) -> tuple[str, ...]:
+    return (
+        TWISTD,
+        "-n",
+        "--pidfile=",
+        "wsfabric",
+        "--app",
+        app,
+        "--listen",
+        "tcp:{port}:interface=127.0.0.1",
+    )
+
+
+_REDIS_GROUP_PEER = (
+    PYTHON,
+    str(BENCH / "peers" / "twisted_redis_group.py"),
+    "--port",
+    "{port}",
+    "--redis-port",
+    "{redis_port}",
+)
 
 
 SERVERS: dict[str, Server] = {
@@ -109,19 +177,55 @@ SERVERS: dict[str, Server] = {
             "prepared",
         )
     ),
-    "wsfabric-echo": Server(
-        (
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "wsfabric",
-            "--app",
-            "examples.echo.app:EchoApp",
-            "--listen",
-            "tcp:{port}:interface=127.0.0.1",
-        ),
-        path="/ws",
+    "wsfabric-echo": Server(_twistd_standalone("examples.echo.app:EchoApp"), path="/ws"),
+    "wsfabric-cluster-echo": Server(
+        path="/ws", cluster=ClusterSpec("examples.echo.app:EchoApp", gates=1, backends=1)
     ),
+    # Group fan-out: every client joins group "g", a message goes to the group.
+    "wsfabric-group": Server(_twistd_standalone("bench.apps:GroupApp"), path="/ws"),
+    "wsfabric-cluster-group": Server(
+        path="/ws", cluster=ClusterSpec("bench.apps:GroupApp", gates=2, backends=1)
+    ),
+    "wsfabric-cluster-group-2b": Server(
+        path="/ws", cluster=ClusterSpec("bench.apps:GroupApp", gates=2, backends=2)
+    ),
+    # The hand-written P3 baseline: 2 processes + Redis, clients alternating.
+    "twisted-redis-group": Server(_REDIS_GROUP_PEER, copies=2, redis=True),
+    # The same with 500 clients, as perf-baseline.md section e measured it.
+    "twisted-redis-group-500": Server(
+        _REDIS_GROUP_PEER, copies=2, redis=True, wsload=("-c", "500")
+    ),
+    # P4 with send_to_all instead of a group.
+    "wsfabric-all": Server(_twistd_standalone("bench.apps:AllApp"), path="/ws"),
+    # P3 peers: python-socketio + AsyncRedisManager on aiohttp, 2 processes +
+    # Redis; wsload speaks Socket.IO (join the namespace, events "m").
+    "socketio-group": Server(
+        (
+            PYTHON,
+            str(BENCH / "peers" / "socketio_group.py"),
+            "--port",
+            "{port}",
+            "--redis-port",
+            "{redis_port}",
+        ),
+        path="/socket.io/?EIO=4&transport=websocket",
+        copies=2,
+        redis=True,
+        wsload=("--hello", "40", "--prefix", '42["m","', "--suffix", '"]'),
+    ),
+    # Django Channels + channels_redis under daphne, 2 processes + Redis:
+    # the pub/sub layer (one PUBLISH per group send) and the default layer.
+    **{
+        name: Server(
+            (DAPHNE, "-b", "127.0.0.1", "-p", "{port}", "channels_group:application"),
+            path="/ws",
+            cwd=BENCH / "peers",
+            env={"BENCH_REDIS_PORT": "{redis_port}", "BENCH_CHANNEL_LAYER": layer},
+            copies=2,
+            redis=True,
+        )
+        for name, layer in (("channels-group", "pubsub"), ("channels-group-core", "core"))
+    },
 }
 
 
@@ -137,6 +241,8 @@ class Scenario:
     :ivar metric: the per-run figure compared (a key of the run record).
     :ivar higher_is_better: direction of ``metric``.
     :ivar target: the TARGETS.md line this scenario checks.
+    :ivar comparisons: further ``(server, denominator)`` ratios reported
+        beside every server's ratio to ``baseline``.
     """
 
     description: str
@@ -146,6 +252,7 @@ class Scenario:
     metric: str
     higher_is_better: bool
     target: str
+    comparisons: tuple[tuple[str, str], ...] = ()
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -185,6 +292,60 @@ SCENARIOS: dict[str, Scenario] = {
         higher_is_better=True,
         target="P8: >= 2,000 connections per second per gate core",
     ),
+    "cluster-echo": Scenario(
+        description="echo client -> gate -> AMP -> backend -> AMP -> gate -> client "
+        "(1 gate + 1 backend + redis-server, all on CPU 0), 100 conns x 8 in flight, "
+        "64-byte text, 10 s; beside standalone wsfabric and raw Autobahn",
+        wsload=("echo", "-c", "100", "-w", "8", "-s", "64", "-d", "10", "--warmup", "2"),
+        servers=("autobahn-echo", "wsfabric-echo", "wsfabric-cluster-echo"),
+        baseline="autobahn-echo",
+        metric="msgs_per_s",
+        higher_is_better=True,
+        target="P2: cluster echo >= 60 % of raw Autobahn/Twisted (45 % floor); "
+        "P1: standalone >= 80 %",
+        comparisons=(("wsfabric-cluster-echo", "wsfabric-echo"),),
+    ),
+    **{
+        name: Scenario(
+            description=f"group fan-out to 1,000 clients in one group, conn 0 publishes and "
+            f"gets its own copy, {window} publish(es) outstanding, 10 s: wsfabric cluster "
+            "(2 gates + 1 backend + redis-server, clients alternating) and standalone, "
+            "beside the hand-written Twisted+txredisapi peer (2 processes + redis-server; "
+            "1,000 and 500 clients) and raw Autobahn prepared broadcast (one process)",
+            wsload=(
+                "broadcast",
+                "-c",
+                "1000",
+                "--pub-window",
+                window,
+                "-s",
+                "64",
+                "-d",
+                "10",
+                "--warmup",
+                "3",
+            ),
+            servers=(
+                "twisted-redis-group",
+                "wsfabric-cluster-group",
+                "wsfabric-group",
+                "autobahn-broadcast-prepared",
+                "twisted-redis-group-500",
+            ),
+            baseline="twisted-redis-group",
+            metric="deliveries_per_s",
+            higher_is_better=True,
+            target="P3: cluster >= 90 % of the Twisted+txredisapi baseline; "
+            "P4: standalone group send >= 90 % of prepared broadcast",
+            comparisons=(
+                ("wsfabric-group", "autobahn-broadcast-prepared"),
+                ("wsfabric-cluster-group", "autobahn-broadcast-prepared"),
+                ("twisted-redis-group", "autobahn-broadcast-prepared"),
+                ("wsfabric-cluster-group", "twisted-redis-group-500"),
+            ),
+        )
+        for name, window in (("group", "1"), ("group-w8", "8"))
+    },
     "broadcast": Scenario(
         description="broadcast to 1,000 conns, 8 publishes outstanding, 10 s (baselines only)",
         wsload=("broadcast", "-c", "1000", "--pub-window", "8", "-s", "64", "-d", "10"),
@@ -285,23 +446,268 @@ class Sample:
     server_sys: float
     server_rss: int
     machine_busy: float  # CPU-seconds spent busy by all CPUs
+    by_role: dict[str, float] = field(default_factory=dict)  # user+sys per server process
+    rss_by_role: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def holder_rss(self) -> int:
+        """RSS of the processes that hold the WebSockets (servers, gates)."""
+        return sum(v for role, v in self.rss_by_role.items() if is_holder(role))
+
+    @property
+    def holder_cpu(self) -> float:
+        """CPU seconds of the processes that hold the WebSockets."""
+        return sum(v for role, v in self.by_role.items() if is_holder(role))
 
 
-def take_sample(pid: int) -> Sample:
-    """:return: counters of the server tree rooted at ``pid`` and of the machine."""
+def is_holder(role: str) -> bool:
+    """:return: whether a role's process holds client WebSockets (not Redis, not a backend)."""
+    return role.startswith(("server", "gate"))
+
+
+def take_sample(pids: dict[str, int]) -> Sample:
+    """
+    :param pids: the server processes by role (``server``, ``gate0``,
+        ``backend0``, ``redis``...); each counts with its descendants.
+    :return: their counters, summed and per role, and the machine's.
+    """
     user = sys_ = 0.0
     rss = 0
-    for proc in process_tree(pid):
-        try:
-            cpu = proc.cpu_times()
-            user += cpu.user
-            sys_ += cpu.system
-            rss += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
+    by_role: dict[str, float] = {}
+    rss_by_role: dict[str, int] = {}
+    for role, pid in pids.items():
+        role_cpu = 0.0
+        role_rss = 0
+        for proc in process_tree(pid):
+            try:
+                cpu = proc.cpu_times()
+                user += cpu.user
+                sys_ += cpu.system
+                role_cpu += cpu.user + cpu.system
+                role_rss += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        by_role[role] = role_cpu
+        rss_by_role[role] = role_rss
+        rss += role_rss
     machine = psutil.cpu_times()
     busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
-    return Sample(time.monotonic(), user, sys_, rss, busy)
+    return Sample(time.monotonic(), user, sys_, rss, busy, by_role, rss_by_role)
+
+
+def pin_pid(pid: int, cpu: int, enabled: bool) -> None:
+    """
+    Pin every thread of a running process to ``cpu`` (for processes started
+    by library code without ``taskset``, such as the private redis-server).
+    """
+    if not pin(cpu, enabled):
+        return
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, {cpu})
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------
+# A deployment: the server side of one run (one process, copies, a cluster)
+
+
+@dataclass
+class Member:
+    """One process of a deployment."""
+
+    role: str
+    pid: int
+    cmd: list[str]
+    log: str | None
+    stop: Callable[[], None]
+    poll: Callable[[], int | None]
+
+
+class Deployment:
+    """
+    Starts the processes of one :class:`Server` (pinned to CPU 0), knows their
+    pids by role and the WebSocket URLs to load, and stops them all by pid.
+
+    :param server: what to start.
+    :param log_stem: server logs go to ``<log_stem>-<role>.log``.
+    :param pinning: whether to pin to CPU 0.
+    """
+
+    def __init__(self, server: Server, log_stem: Path, pinning: bool) -> None:
+        self.server = server
+        self.log_stem = log_stem
+        self.pinning = pinning
+        self.members: list[Member] = []
+        self.urls: list[str] = []
+        self.redis_port: int | None = None
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The server processes by role."""
+        return {m.role: m.pid for m in self.members}
+
+    def start(self) -> None:
+        """
+        Start everything and wait until it serves.
+
+        :raises RuntimeError: if anything fails to start in time (what did
+            start stays in :attr:`members`: call :meth:`stop`).
+        """
+        if self.server.redis or self.server.cluster is not None:
+            self._start_redis()
+        if self.server.cluster is not None:
+            self._start_cluster(self.server.cluster)
+        else:
+            for copy in range(self.server.copies):
+                self._start_command("server" if self.server.copies == 1 else f"server{copy}")
+
+    def dead(self) -> str | None:
+        """:return: a message if a server process has exited, else ``None``."""
+        for member in self.members:
+            status = member.poll()
+            if status is not None:
+                return f"{member.role} exited during the run (status {status})"
+        return None
+
+    def stop(self) -> None:
+        """Stop every process by pid, the last started first (Redis last)."""
+        for member in reversed(self.members):
+            try:
+                member.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"    warning: stopping {member.role} (pid {member.pid}): {exc}", flush=True)
+
+    def log_tail(self, size: int = 2000) -> dict[str, str]:
+        """:return: the end of each server log, by role."""
+        tails = {}
+        for member in self.members:
+            if member.log:
+                try:
+                    tails[member.role] = Path(member.log).read_text(errors="replace")[-size:]
+                except OSError:
+                    pass
+        return tails
+
+    # -- the parts
+
+    def _start_redis(self) -> None:
+        from wsfabric.testing.redis import RedisServer
+
+        redis = RedisServer(start_timeout=SERVER_START_TIMEOUT_S)
+        try:
+            redis.start()  # waits for PING; stopped by pid (SIGTERM, SIGKILL after 3 s)
+        except BaseException:
+            redis.stop()
+            raise
+        pin_pid(redis.pid, 0, self.pinning)
+        self.redis_port = redis.port
+        process = redis.process
+        self.members.append(
+            Member(
+                "redis",
+                redis.pid,
+                ["redis-server", "--port", str(redis.port)],
+                None,
+                redis.stop,
+                lambda: process.poll() if process is not None else None,
+            )
+        )
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def _start_command(self, role: str) -> None:
+        port = free_port()
+        values = {"{port}": str(port), "{redis_port}": str(self.redis_port)}
+        values["{redis_url}"] = self.redis_url
+
+        def fill(text: str) -> str:
+            for key, value in values.items():
+                text = text.replace(key, value)
+            return text
+
+        argv = [fill(arg) for arg in self.server.argv]
+        env = {key: fill(value) for key, value in self.server.env.items()}
+        log_path = Path(f"{self.log_stem}-{role}.log")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                pin(0, self.pinning) + argv,
+                cwd=self.server.cwd,
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.members.append(
+            Member(role, proc.pid, argv, str(log_path), lambda: stop_process(proc), proc.poll)
+        )
+        wait_for_port(port, proc, SERVER_START_TIMEOUT_S)
+        self.urls.append(f"ws://127.0.0.1:{port}{self.server.path}")
+
+    def _start_cluster(self, spec: ClusterSpec) -> None:
+        from wsfabric.testing.processes import BackendNode, GateNode
+
+        secret = secrets.token_hex(16)
+        log_dir = str(self.log_stem.parent)
+        stem = self.log_stem.name
+        common = {"cwd": str(self.server.cwd), "env": self.server.env, "log_dir": log_dir}
+        nodes: list[tuple[str, Any]] = []
+        for i in range(spec.backends):
+            nodes.append(
+                (
+                    f"backend{i}",
+                    BackendNode(
+                        spec.app, self.redis_url, secret, name=f"{stem}-backend{i}", **common
+                    ),
+                )
+            )
+        for i in range(spec.gates):
+            nodes.append(
+                (f"gate{i}", GateNode(self.redis_url, secret, name=f"{stem}-gate{i}", **common))
+            )
+        gates = []
+        for role, node in nodes:
+            node.argv = pin(0, self.pinning) + node.argv
+            try:
+                node.start(timeout=SERVER_START_TIMEOUT_S)
+            except (TimeoutError, RuntimeError) as exc:
+                node.stop(SERVER_STOP_TIMEOUT_S)
+                raise RuntimeError(f"{role} did not start: {str(exc)[:1500]}") from None
+            finally:
+                if node.poll() is None:
+                    self.members.append(
+                        Member(
+                            role,
+                            node.pid,
+                            node.argv,
+                            node.log_path,
+                            lambda node=node: node.stop(SERVER_STOP_TIMEOUT_S),
+                            node.poll,
+                        )
+                    )
+            if role.startswith("gate"):
+                gates.append(node)
+                self.urls.append(node.ws_url)
+        # Every gate must be linked with every backend before anything is
+        # measured (Cluster.wait_linked: the gate's "backend <id> ready" lines).
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not all(gate.backends_ready() >= spec.backends for gate in gates):
+            message = self.dead()
+            if message:
+                raise RuntimeError(message)
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"gates not linked to all {spec.backends} backend(s) within "
+                    f"{SERVER_START_TIMEOUT_S:.0f} s"
+                )
+            time.sleep(0.1)
 
 
 def wait_until_quiet(max_wait_s: float) -> float:
@@ -338,22 +744,30 @@ class Events:
     rss_after_open: Sample | None = None
 
 
-def read_loadgen_events(stream: Any, server_pid: int, events: Events) -> None:
+def read_loadgen_events(
+    stream: Any,
+    server_pids: dict[str, int],
+    events: Events,
+    on_event: Callable[[str], None] | None = None,
+) -> None:
     """
     Follow wsload's stderr: ``EVENT <name> <t>`` lines trigger a server sample
     (the measured window's start and end, the moment all idle connections are
-    open); anything else is kept for the error report.
+    open) and then ``on_event(name)``; anything else is kept for the error
+    report.
     """
     rss_timer: threading.Timer | None = None
 
     def sample_rss() -> None:
-        events.rss_after_open = take_sample(server_pid)
+        events.rss_after_open = take_sample(server_pids)
 
     for raw in stream:
         line = raw.decode("utf-8", "replace").rstrip()
         if line.startswith("EVENT "):
             name = line.split()[1]
-            events.samples[name] = take_sample(server_pid)
+            events.samples[name] = take_sample(server_pids)
+            if on_event is not None:
+                on_event(name)
             if name == "all_open":
                 rss_timer = threading.Timer(RSS_DELAY_S, sample_rss)
                 rss_timer.daemon = True
@@ -382,6 +796,121 @@ def loadgen_deadline(args: Sequence[str]) -> float:
     )
 
 
+class Profilers:
+    """
+    ``--py-spy``: one ``py-spy record`` per Python server process over the
+    measured window (started at wsload's ``measure_start``, pinned with the
+    load generator to CPU 1), written as collapsed stacks
+    to ``<log>-<role>.pyspy.txt`` and summarized into the run record.
+    py-spy pauses the process for each sample (``--nonblocking`` gave torn,
+    misattributed stacks), which costs the servers a little CPU: profiled
+    runs are for finding where the time goes, not for the figures.
+    """
+
+    def __init__(self, deployment: Deployment, seconds: float, pinning: bool) -> None:
+        self.deployment = deployment
+        self.seconds = max(1, int(seconds))
+        self.pinning = pinning
+        self.running: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def on_event(self, name: str) -> None:
+        """Start the profilers when the measured window starts."""
+        if name != "measure_start" or self.running:
+            return
+        for member in self.deployment.members:
+            if member.role == "redis":
+                continue
+            out = Path(f"{self.deployment.log_stem}-{member.role}.pyspy.txt")
+            cmd = pin(1, self.pinning) + [
+                PYSPY,
+                "record",
+                "--pid",
+                str(member.pid),
+                "--duration",
+                str(self.seconds),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--nolineno",  # aggregate by function
+                "--output",
+                str(out),
+            ]
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            self.running.append((member.role, proc, out))
+
+    def finish(self) -> dict[str, Any]:
+        """
+        Wait for the profilers (bounded; killed by pid if they overrun).
+
+        :return: per role: the file, the sample count, the top functions by
+            self time and by inclusive time (% of the process's busy samples).
+        """
+        results: dict[str, Any] = {}
+        for role, proc, out in self.running:
+            try:
+                _, err = proc.communicate(timeout=self.seconds + 20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0 or not out.exists():
+                results[role] = {"error": err.decode("utf-8", "replace")[-500:]}
+                continue
+            results[role] = {"file": str(out), **summarize_profile(out)}
+        return results
+
+    def kill(self) -> None:
+        """Kill (by pid) any profiler still running, e.g. after a failed run."""
+        for _, proc, _ in self.running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+# Leaf frames of threads waiting for work: not CPU time, left out of profiles.
+IDLE_FRAMES = frozenset({"Condition.wait (threading.py)", "Event.wait (threading.py)"})
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """
+    :param path: py-spy ``--format raw`` output (``frame;frame;... count``).
+    :return: ``samples`` and the ``top`` functions by ``self`` and ``total``
+        share of the samples (%).
+    """
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if frames[-1] in IDLE_FRAMES:
+            continue  # an idle thread (twistd's thread pool) that py-spy sampled anyway
+        samples += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + count
+
+    def ranked(table: dict[str, int]) -> list[list[Any]]:
+        best = sorted(table.items(), key=lambda item: -item[1])[:top]
+        return [[frame, round(100 * n / samples, 1)] for frame, n in best]
+
+    return {"samples": samples, "self": ranked(own), "total": ranked(total)} if samples else {}
+
+
+def server_wsload_args(wsload_args: Sequence[str], server: Server) -> list[str]:
+    """:return: the scenario's wsload arguments with the server's overrides applied."""
+    args = list(wsload_args)
+    pairs = server.wsload
+    for i in range(0, len(pairs) - 1, 2):
+        override(args, pairs[i], pairs[i + 1])
+    return args
+
+
 def run_once(
     scenario_name: str,
     scenario: Scenario,
@@ -390,49 +919,49 @@ def run_once(
     wsload_args: Sequence[str],
     pinning: bool,
     log_dir: Path,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """
-    Start one server, load it with wsload, stop it.
+    Start one server (or cluster), load it with wsload, stop it.
 
     :return: the run record (``ok`` false with ``error`` if anything failed).
     """
     server = SERVERS[server_name]
-    port = free_port()
-    argv = [arg.replace("{port}", str(port)) for arg in server.argv]
+    wsload_args = server_wsload_args(wsload_args, server)
     record: dict[str, Any] = {
         "kind": "run",
         "scenario": scenario_name,
         "server": server_name,
         "rep": rep,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "server_cmd": argv,
-        "port": port,
         "ok": False,
     }
-    log_path = log_dir / f"{scenario_name}-{server_name}-{rep}.log"
-    record["server_log"] = str(log_path)
-    with open(log_path, "wb") as log:
-        server_proc = subprocess.Popen(
-            pin(0, pinning) + argv,
-            cwd=server.cwd,
-            env={**os.environ, **server.env},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    deployment = Deployment(server, log_dir / f"{scenario_name}-{server_name}-{rep}", pinning)
+    profilers: Profilers | None = None
+    loadgen: subprocess.Popen[bytes] | None = None
     try:
-        wait_for_port(port, server_proc, SERVER_START_TIMEOUT_S)
+        try:
+            deployment.start()
+        finally:
+            record["processes"] = [
+                {"role": m.role, "pid": m.pid, "cmd": m.cmd, "log": m.log}
+                for m in deployment.members
+            ]
+            first = next((m for m in deployment.members if m.role != "redis"), None)
+            if first is not None:
+                record["server_cmd"] = first.cmd
+                record["server_log"] = first.log
+            if deployment.urls:
+                record["port"] = int(deployment.urls[0].split(":")[2].split("/")[0])
         time.sleep(SETTLE_S)
-        url = f"ws://127.0.0.1:{port}{server.path}"
-        cmd = pin(1, pinning) + [
-            str(ensure_wsload()),
-            *wsload_args[:1],
-            "--url",
-            url,
-            *wsload_args[1:],
-        ]
+        urls = [arg for url in deployment.urls for arg in ("--url", url)]
+        cmd = pin(1, pinning) + [str(ensure_wsload()), *wsload_args[:1], *urls, *wsload_args[1:]]
         record["loadgen_cmd"] = cmd
-        before = take_sample(server_proc.pid)
+        pids = deployment.pids
+        if profile:
+            seconds = float(wsload_args[wsload_args.index("-d") + 1]) if "-d" in wsload_args else 10
+            profilers = Profilers(deployment, seconds, pinning)
+        before = take_sample(pids)
         events = Events()
         loadgen = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -440,7 +969,9 @@ def run_once(
         # stderr belongs to the event reader alone (communicate() would race
         # it for the EVENT lines), so stdout is collected by a thread of its own.
         reader = threading.Thread(
-            target=read_loadgen_events, args=(loadgen.stderr, server_proc.pid, events), daemon=True
+            target=read_loadgen_events,
+            args=(loadgen.stderr, pids, events, profilers.on_event if profilers else None),
+            daemon=True,
         )
         chunks: list[bytes] = []
         collector = threading.Thread(
@@ -454,12 +985,20 @@ def run_once(
             loadgen.kill()  # by pid: only the process we started
             loadgen.wait()
             raise RuntimeError("wsload overran its deadline and was killed") from None
+        except BaseException:  # the driver is interrupted: end wsload before joining
+            loadgen.kill()
+            loadgen.wait()
+            raise
         finally:
             collector.join(5)
             reader.join(RSS_DELAY_S + 5)
         stdout = b"".join(chunks)
-        if server_proc.poll() is not None:
-            raise RuntimeError(f"server exited during the run (status {server_proc.returncode})")
+        if profilers is not None:
+            record["profiled"] = True
+            record["profile"] = profilers.finish()
+        dead = deployment.dead()
+        if dead:
+            raise RuntimeError(dead)
         try:
             result = json.loads(stdout)
         except ValueError:
@@ -474,9 +1013,15 @@ def run_once(
     except (RuntimeError, OSError) as exc:
         record["error"] = str(exc)
     finally:
-        stop_process(server_proc)
-    if not record["ok"]:
-        record["server_log_tail"] = log_path.read_text(errors="replace")[-2000:]
+        if not record["ok"]:
+            # read before stopping: RedisServer.stop() removes its directory
+            record["server_log_tail"] = deployment.log_tail()
+        if loadgen is not None and loadgen.poll() is None:
+            loadgen.kill()  # interrupted driver: by pid, only the process we started
+            loadgen.wait()
+        if profilers is not None:
+            profilers.kill()
+        deployment.stop()
     return record
 
 
@@ -485,13 +1030,16 @@ def derive_figures(result: dict[str, Any], before: Sample, events: Events) -> di
     :param result: wsload's JSON.
     :param before: server sample taken just before wsload started.
     :param events: samples taken at wsload's events.
-    :return: server-side figures: CPU over the measured window, CPU per
-        message, the rest of the machine's CPU, RSS per connection.
+    :return: server-side figures: CPU over the measured window (summed over
+        the server processes, and per process when there are several), CPU
+        per message, the rest of the machine's CPU, RSS per connection.
     """
     out: dict[str, Any] = {}
-    for key in ("msgs_per_s", "deliveries_per_s", "cycles_per_s"):
+    for key in ("msgs_per_s", "deliveries_per_s", "cycles_per_s", "publishes_per_s"):
         if key in result:
             out[key] = result[key]
+    if "delivery_ratio" in result:
+        out["delivery_ratio"] = result["delivery_ratio"]
     if "latency_us" in result:
         out["latency_us"] = result["latency_us"]
         for q in ("p50", "p99", "p999"):
@@ -509,18 +1057,55 @@ def derive_figures(result: dict[str, Any], before: Sample, events: Events) -> di
         out["noisy"] = out["other_cpu_pct"] > NOISY_OTHER_CPU_PCT
         unit, units = next(((name, result[key]) for key, name in UNITS if result.get(key)), ("", 0))
         out["unit"] = unit
+        role_cpu = {
+            role: end.by_role[role] - start.by_role.get(role, 0.0)
+            for role in end.by_role
+            if len(end.by_role) > 1
+        }
+        if role_cpu:
+            out["server_cpu_pct_by_role"] = {
+                role: round(100 * cpu / wall, 1) for role, cpu in role_cpu.items()
+            }
         if units and user + sys_ > 0:
             out["server_cpu_us_per_unit"] = round(1e6 * (user + sys_) / units, 2)
             # Work per server CPU-second: unlike the rate, it holds when other
             # processes steal the server's core (a shared machine).
             out["units_per_server_cpu_s"] = round(units / (user + sys_), 1)
+            if role_cpu:
+                out["server_cpu_us_per_unit_by_role"] = {
+                    role: round(1e6 * cpu / units, 2) for role, cpu in role_cpu.items()
+                }
     if "handshake_total_s" in result:
         out["handshake_total_s"] = result["handshake_total_s"]
+    if start and end and end.wall > start.wall:
+        holder_cpu = end.holder_cpu - start.holder_cpu
+        units = next((result[key] for key, _ in UNITS if result.get(key)), 0)
+        if holder_cpu > 0 and units:
+            out["holder_cpu_pct"] = round(100 * holder_cpu / (end.wall - start.wall), 1)
+            # work per CPU-second of the WebSocket-holding processes (P8: per gate core)
+            out["units_per_holder_cpu_s"] = round(units / holder_cpu, 1)
     if events.rss_after_open is not None and result.get("conns_opened"):
-        grown = events.rss_after_open.server_rss - before.server_rss
-        out["rss_before_kib"] = before.server_rss // 1024
-        out["rss_after_kib"] = events.rss_after_open.server_rss // 1024
-        out["rss_kib_per_conn"] = round(grown / 1024 / result["conns_opened"], 2)
+        # Memory per connection of the processes holding the WebSockets (the
+        # gate, not Redis or the backend: TARGETS.md P5); the total is kept too.
+        opened = result["conns_opened"]
+        after = events.rss_after_open
+        out["rss_before_kib"] = before.holder_rss // 1024
+        out["rss_after_kib"] = after.holder_rss // 1024
+        out["rss_kib_per_conn"] = round((after.holder_rss - before.holder_rss) / 1024 / opened, 2)
+        out["rss_kib_per_conn_all"] = round((after.server_rss - before.server_rss) / 1024 / opened, 2)
+        out["rss_kib_per_conn_by_role"] = {
+            role: round((after.rss_by_role[role] - before.rss_by_role.get(role, 0)) / 1024 / opened, 2)
+            for role in after.rss_by_role
+        }
+        hold_end = events.samples.get("hold_end")
+        if hold_end is not None:
+            # P7: memory stays flat while the connections are held
+            out["rss_hold_end_kib"] = hold_end.holder_rss // 1024
+            out["rss_growth_during_hold_kib"] = (hold_end.holder_rss - after.holder_rss) // 1024
+    if "errors_during_hold" in result:
+        out["errors_during_hold"] = result["errors_during_hold"]
+    if "conns_opened" in result:
+        out["conns_opened"] = result["conns_opened"]
     return out
 
 
@@ -546,7 +1131,10 @@ SUMMARY_FIGURES = (
     "server_cpu_us_per_unit",
     "units_per_server_cpu_s",
     "handshake_total_s",
+    "delivery_ratio",
 )
+# Per-process figures of multi-process servers (role -> value dicts in a run).
+ROLE_FIGURES = ("server_cpu_pct_by_role", "server_cpu_us_per_unit_by_role")
 
 
 def paired_ratios(
@@ -597,13 +1185,20 @@ def summarize(
             values = [r[key] for r in ok_runs if r.get(key) is not None]
             if values or key == metric:
                 figures[key] = spread(values)
+        for key in ROLE_FIGURES:
+            roles = sorted({role for r in ok_runs for role in r.get(key, {})})
+            if roles:
+                figures[key] = {
+                    role: spread([r[key][role] for r in ok_runs if role in r.get(key, {})])
+                    for role in roles
+                }
         summary["servers"][srv] = figures
-    for srv in servers:
-        if srv == scenario.baseline:
-            continue
-        pair = f"{srv}/{scenario.baseline}"
-        summary["ratios"][pair] = paired_ratios(runs, srv, scenario.baseline, metric)
-        per_cpu = paired_ratios(runs, srv, scenario.baseline, "units_per_server_cpu_s")
+    pairs = [(srv, scenario.baseline) for srv in servers if srv != scenario.baseline]
+    pairs += [p for p in scenario.comparisons if p[0] in servers and p[1] in servers]
+    for srv, base in pairs:
+        pair = f"{srv}/{base}"
+        summary["ratios"][pair] = paired_ratios(runs, srv, base, metric)
+        per_cpu = paired_ratios(runs, srv, base, "units_per_server_cpu_s")
         if per_cpu is not None:
             summary["ratios_per_server_cpu"][pair] = per_cpu
     return summary
@@ -627,6 +1222,11 @@ def print_run(record: dict[str, Any], metric: str) -> None:
     ):
         if record.get(key) is not None:
             parts.append(f"{label} {record[key]:.1f}")
+    if "server_cpu_us_per_unit_by_role" in record:
+        roles = record["server_cpu_us_per_unit_by_role"]
+        parts.append("(" + ", ".join(f"{role} {us:.1f}" for role, us in roles.items()) + ")")
+    if record.get("delivery_ratio") is not None:
+        parts.append(f"delivery ratio {record['delivery_ratio']:.3f}")
     if "latency_us" in record:
         lat = record["latency_us"]
         parts.append(f"p50/p99 {lat['p50']}/{lat['p99']} us")
@@ -640,6 +1240,12 @@ def print_run(record: dict[str, Any], metric: str) -> None:
     if errors:
         parts.append(f"errors {errors} {record['loadgen'].get('error_detail')}")
     print(f"  {record['server']:<28} rep {record['rep']}: " + ", ".join(parts), flush=True)
+    for role, prof in record.get("profile", {}).items():
+        if "self" in prof:
+            top = "; ".join(f"{frame} {pct}%" for frame, pct in prof["self"][:6])
+            print(f"    py-spy {role} ({prof['samples']} samples) self: {top}", flush=True)
+        else:
+            print(f"    py-spy {role}: failed: {prof.get('error')}", flush=True)
     if (record.get("other_cpu_pct") or 0) > NOISY_OTHER_CPU_PCT:
         other = record["other_cpu_pct"]
         print(f"    warning: other processes used {other:.0f} % CPU during this run", flush=True)
@@ -662,6 +1268,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         for key in ("server_cpu_pct", "client_cpu_pct", "server_cpu_us_per_unit"):
             if key in figures:
                 print(f"  {'':<28} {key}: {format_spread(figures[key], '.1f')}")
+        for role, values in figures.get("server_cpu_us_per_unit_by_role", {}).items():
+            print(f"  {'':<28}   {role} us/unit: {format_spread(values, '.1f')}")
     for pair, values in summary["ratios"].items():
         print(f"  ratio {pair} ({metric}): {format_spread(values, '.3f')}")
     for pair, values in summary["ratios_per_server_cpu"].items():
@@ -708,8 +1316,22 @@ def run_scenario(
             for attempt in range(1 + opts.retry_noisy):
                 if opts.wait_quiet > 0:
                     wait_until_quiet(opts.wait_quiet)
-                record = run_once(name, scenario, server_name, rep, args, not opts.no_pin, log_dir)
-                retry = record.get("noisy") and attempt < opts.retry_noisy
+                record = run_once(
+                    name,
+                    scenario,
+                    server_name,
+                    rep,
+                    args,
+                    not opts.no_pin,
+                    log_dir,
+                    profile=opts.py_spy,
+                )
+                # py-spy's own CPU counts as "other": profiled runs are not repeated.
+                retry = (
+                    record.get("noisy")
+                    and not record.get("profiled")
+                    and attempt < opts.retry_noisy
+                )
                 # A noisy attempt stays in the file, marked, but out of the summary.
                 record["discarded"] = bool(retry)
                 emit(record)
@@ -724,6 +1346,10 @@ def run_scenario(
     return summary
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
@@ -736,6 +1362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", help="echo: override wsload -w")
     parser.add_argument("--wsload-arg", action="append", help="extra wsload argument (repeatable)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="profile every Python server process with py-spy over the measured window "
+        "(results/logs/.../*.pyspy.txt and the top functions in each run record; "
+        "sampling perturbs the figures)",
+    )
     parser.add_argument(
         "--retry-noisy",
         type=int,
@@ -759,12 +1392,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("scenarios:")
         for name, sc in SCENARIOS.items():
             print(
-                f"  {name:<10} {sc.description}\n             servers {', '.join(sc.servers)}; "
+                f"  {name:<12} {sc.description}\n               servers {', '.join(sc.servers)}; "
                 f"baseline {sc.baseline}; {sc.target}"
             )
         print("servers:")
         for name, srv in SERVERS.items():
-            print(f"  {name:<28} path {srv.path}: {' '.join(srv.argv)}")
+            print(f"  {name:<28} {srv.describe()}")
         return 0
     unknown = [s for s in opts.scenarios if s not in SCENARIOS]
     if unknown:
@@ -775,6 +1408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--retry-noisy must be 0..10")
 
     raise_nofile()
+    # SIGTERM (and SIGINT, even where a shell started us with it ignored) ends
+    # the driver through its finally blocks, which stop every server by pid.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
     ensure_wsload()
     out = opts.out or RESULTS / f"{'-'.join(opts.scenarios)}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

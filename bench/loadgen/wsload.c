@@ -58,6 +58,11 @@
 #define RD_SIZE (256 * 1024)      /* shared receive buffer */
 #define MAX_EVENTS 1024
 #define MAX_HEADERS 16
+#define MAX_URLS 16               /* --url may be repeated: conns alternate */
+#define MAX_BINDS 64              /* --bind source addresses */
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24 /* linux/in.h; not in older libc headers */
+#endif
 #define MAX_TICK_SENDS 100000     /* open-loop catch-up per iteration */
 #define SCAN_INTERVAL_NS 50000000LL /* timeout scans every 50 ms */
 #define MAX_WAIT_NS 50000000LL    /* never sleep longer than 50 ms */
@@ -248,19 +253,31 @@ enum mode { M_ECHO, M_LATENCY, M_BROADCAST, M_IDLE, M_CONNRATE };
 static const char *MODE_NAMES[] = {"echo", "latency", "broadcast", "idle",
                                    "connrate"};
 
-static struct {
-    enum mode mode;
+/* One target server (--url); connection i goes to target i % O.ntargets. */
+typedef struct {
     const char *url;
     struct sockaddr_storage addr;
     socklen_t addrlen;
     char host_hdr[96];
     char path[1024];
+    char hs_req[4096]; /* the handshake request for this target */
+    size_t hs_len;
+} target_t;
+
+static struct {
+    enum mode mode;
+    target_t targets[MAX_URLS];
+    int ntargets;
     int conns, window, size, pub_window, concurrency;
     double warmup, duration, rate, pub_interval_us, hold;
     double connect_timeout, open_timeout, drain_timeout, close_timeout;
     double deadline;
     int wait_first, binary, close_rst, quiet, write_per_msg;
-    const char *prefix, *suffix;
+    const char *prefix, *suffix, *hello;
+    /* --bind: connection i uses source address binds[i % nbinds], so more
+     * than one address's worth of ephemeral ports can reach one server */
+    struct sockaddr_in binds[MAX_BINDS];
+    int nbinds;
     const char *headers[MAX_HEADERS];
     int nheaders;
     long long max_msgs, max_cycles;
@@ -335,11 +352,15 @@ static struct {
     /* prebuilt frames */
     char *frame_tpl;
     size_t frame_len, ts_off;
-    char hs_req[4096];
-    size_t hs_len;
     int deadline_hit;
     const char *fatal;
 } G;
+
+/* Connections alternate between the targets: conn i -> target i % n. */
+static const target_t *conn_target(const conn_t *c)
+{
+    return &O.targets[(c - G.conns) % O.ntargets];
+}
 
 static uint64_t conn_key(const conn_t *c)
 {
@@ -537,6 +558,8 @@ static void publish(int64_t now, uint64_t ts)
 
 static void on_open(conn_t *c, int64_t now)
 {
+    /* --hello: a protocol's own "join" message (Socket.IO's "40") */
+    if (O.hello && O.mode != M_CONNRATE) queue_frame(c, 1, O.hello, strlen(O.hello));
     if (O.mode == M_CONNRATE) {
         G.cycles_started++;
         if (O.wait_first)
@@ -856,7 +879,8 @@ static void on_connected(conn_t *c, int64_t now)
         return;
     }
     c->state = CS_HANDSHAKE;
-    if (buf_append(&c->wb, G.hs_req, G.hs_len)) {
+    const target_t *t = conn_target(c);
+    if (buf_append(&c->wb, t->hs_req, t->hs_len)) {
         conn_fail(c, E_IO, now);
         return;
     }
@@ -881,7 +905,8 @@ static void on_event(uint64_t key, uint32_t ev, int64_t now)
 static void conn_start(conn_t *c, int64_t now)
 {
     c->restart_at = 0;
-    int fd = socket(O.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    const target_t *t = conn_target(c);
+    int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         G.err[E_CONNECT]++;
         if (O.mode == M_CONNRATE && G.phase == PH_MEASURE) G.fails_win++;
@@ -890,6 +915,18 @@ static void conn_start(conn_t *c, int64_t now)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (O.nbinds > 0 && t->addr.ss_family == AF_INET) {
+        /* the port is chosen at connect(), per 4-tuple, not per address */
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        const struct sockaddr_in *src = &O.binds[(c - G.conns) % O.nbinds];
+        if (bind(fd, (const struct sockaddr *)src, sizeof *src) < 0) {
+            close(fd);
+            G.err[E_CONNECT]++;
+            if (O.mode == M_CONNRATE && G.phase == PH_MEASURE) G.fails_win++;
+            schedule_restart(c, now, 1);
+            return;
+        }
+    }
     c->fd = fd;
     c->gen++;
     c->state = CS_CONNECTING;
@@ -907,7 +944,7 @@ static void conn_start(conn_t *c, int64_t now)
         return;
     }
     /* completion (or refusal) is reported by EPOLLOUT/EPOLLERR */
-    if (connect(fd, (struct sockaddr *)&O.addr, O.addrlen) < 0 && errno != EINPROGRESS)
+    if (connect(fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0 && errno != EINPROGRESS)
         conn_fail(c, E_CONNECT, now);
 }
 
@@ -1192,7 +1229,16 @@ static void print_result(int64_t t_end)
     jbool("ok", G.fatal == NULL);
     if (G.fatal) jstr("error", G.fatal);
     jstr("mode", MODE_NAMES[O.mode]);
-    jstr("url", O.url);
+    jstr("url", O.targets[0].url);
+    if (O.ntargets > 1) {
+        jkey("urls");
+        printf("[");
+        for (int i = 0; i < O.ntargets; i++) {
+            /* URLs were checked to be plain ws://host:port/path: no escaping */
+            printf("%s\"%s\"", i ? ", " : "", O.targets[i].url);
+        }
+        printf("]");
+    }
     jint("conns", O.conns);
     jint("conns_opened", (long long)G.hs.count);
     jint("size", O.size);
@@ -1273,14 +1319,16 @@ static void print_result(int64_t t_end)
     jnum("client_cpu_total_s", tv_s(ru.ru_utime) + tv_s(ru.ru_stime));
     jint("client_maxrss_kib", ru.ru_maxrss);
     jint("nofile_limit", O.nofile);
+    jint("source_addresses", O.nbinds ? O.nbinds : 1);
     printf("}\n");
     fflush(stdout);
 }
 
 /* ---------------------------------------------------------- setup, main */
 
-static void parse_url(const char *url)
+static void parse_url(target_t *t, const char *url)
 {
+    t->url = url;
     if (strncmp(url, "ws://", 5) != 0) usage_error("only ws:// URLs are supported");
     const char *h = url + 5;
     const char *slash = strchr(h, '/');
@@ -1289,7 +1337,10 @@ static void parse_url(const char *url)
     if (hostport_len == 0 || hostport_len >= sizeof hp) usage_error("bad URL host");
     memcpy(hp, h, hostport_len);
     hp[hostport_len] = 0;
-    snprintf(O.path, sizeof O.path, "%s", slash ? slash : "/");
+    snprintf(t->path, sizeof t->path, "%s", slash ? slash : "/");
+    for (const char *q = url; *q; q++)
+        if ((unsigned char)*q < 0x21 || *q == '"' || *q == '\\' || (unsigned char)*q > 0x7e)
+            usage_error("URL must be printable ASCII without spaces, quotes or backslashes");
 
     char host[64];
     const char *portstr;
@@ -1311,38 +1362,38 @@ static void parse_url(const char *url)
     if (port <= 0 || port > 65535) usage_error("bad URL port");
 
     /* Loopback only: this tool must never load anything but this machine. */
-    memset(&O.addr, 0, sizeof O.addr);
+    memset(&t->addr, 0, sizeof t->addr);
     if (strcmp(host, "127.0.0.1") == 0 || strcmp(host, "localhost") == 0) {
-        struct sockaddr_in *a = (struct sockaddr_in *)&O.addr;
+        struct sockaddr_in *a = (struct sockaddr_in *)&t->addr;
         a->sin_family = AF_INET;
         a->sin_port = htons((uint16_t)port);
         a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        O.addrlen = sizeof *a;
+        t->addrlen = sizeof *a;
     } else if (strcmp(host, "::1") == 0) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&O.addr;
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&t->addr;
         a->sin6_family = AF_INET6;
         a->sin6_port = htons((uint16_t)port);
         a->sin6_addr = in6addr_loopback;
-        O.addrlen = sizeof *a;
+        t->addrlen = sizeof *a;
     } else {
         usage_error("only 127.0.0.1, localhost and [::1] are allowed");
     }
-    snprintf(O.host_hdr, sizeof O.host_hdr, "%s", hp);
+    snprintf(t->host_hdr, sizeof t->host_hdr, "%s", hp);
 }
 
-static void build_handshake(void)
+static void build_handshake(target_t *t)
 {
-    int n = snprintf(G.hs_req, sizeof G.hs_req,
+    int n = snprintf(t->hs_req, sizeof t->hs_req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n",
-                     O.path, O.host_hdr, WS_KEY);
-    for (int i = 0; i < O.nheaders && n > 0 && (size_t)n < sizeof G.hs_req; i++)
-        n += snprintf(G.hs_req + n, sizeof G.hs_req - (size_t)n, "%s\r\n", O.headers[i]);
-    if (n > 0 && (size_t)n < sizeof G.hs_req)
-        n += snprintf(G.hs_req + n, sizeof G.hs_req - (size_t)n, "\r\n");
-    if (n <= 0 || (size_t)n >= sizeof G.hs_req) usage_error("handshake request too long");
-    G.hs_len = (size_t)n;
+                     t->path, t->host_hdr, WS_KEY);
+    for (int i = 0; i < O.nheaders && n > 0 && (size_t)n < sizeof t->hs_req; i++)
+        n += snprintf(t->hs_req + n, sizeof t->hs_req - (size_t)n, "%s\r\n", O.headers[i]);
+    if (n > 0 && (size_t)n < sizeof t->hs_req)
+        n += snprintf(t->hs_req + n, sizeof t->hs_req - (size_t)n, "\r\n");
+    if (n <= 0 || (size_t)n >= sizeof t->hs_req) usage_error("handshake request too long");
+    t->hs_len = (size_t)n;
 }
 
 /* Each connection needs a descriptor; raise the soft (and, as root, the hard)
@@ -1366,7 +1417,10 @@ static void raise_nofile(long need)
 static void usage(void)
 {
     puts(
-        "usage: wsload MODE --url ws://127.0.0.1:PORT/PATH [options]\n"
+        "usage: wsload MODE --url ws://127.0.0.1:PORT/PATH [--url ...] [options]\n"
+        "  --url may be repeated (up to 16): connection i goes to URL i mod n,\n"
+        "  so connections alternate between servers; connection 0 (the\n"
+        "  broadcast publisher) goes to the first URL\n"
         "modes:\n"
         "  echo       -c conns, -w messages in flight per conn (closed loop)\n"
         "  latency    -c conns, -r total msg/s (open loop, latency from schedule)\n"
@@ -1388,6 +1442,9 @@ static void usage(void)
         "      --wait-first       connrate: wait for a first server message\n"
         "      --close ws|rst     connrate: close handshake, or RST after 101 [ws]\n"
         "      --prefix STR, --suffix STR  wrap every sent message body\n"
+        "      --hello STR        text message sent once on open (e.g. Socket.IO 40)\n"
+        "      --bind ADDR        source address 127.x.y.z (repeatable, up to 64):\n"
+        "                         connection i binds to ADDR i mod n\n"
         "      --binary           send binary frames instead of text\n"
         "  -H, --header 'K: V'    extra handshake header (repeatable)\n"
         "      --connect-timeout S  per handshake (and connrate first message) [10]\n"
@@ -1433,7 +1490,7 @@ static void parse_args(int argc, char **argv)
     enum { OPT_WARMUP = 1000, OPT_PUBWIN, OPT_PUBINT, OPT_HOLD, OPT_WAITFIRST,
            OPT_CLOSE, OPT_PREFIX, OPT_SUFFIX, OPT_BINARY, OPT_CTO, OPT_OTO,
            OPT_DTO, OPT_CLTO, OPT_DEADLINE, OPT_MAXMSGS, OPT_MAXCYC, OPT_QUIET,
-           OPT_URL, OPT_WPM };
+           OPT_URL, OPT_WPM, OPT_HELLO, OPT_BIND };
     static const struct option lo[] = {
         {"url", required_argument, 0, OPT_URL},
         {"conns", required_argument, 0, 'c'},
@@ -1461,13 +1518,18 @@ static void parse_args(int argc, char **argv)
         {"max-cycles", required_argument, 0, OPT_MAXCYC},
         {"quiet", no_argument, 0, OPT_QUIET},
         {"write-per-msg", no_argument, 0, OPT_WPM},
+        {"hello", required_argument, 0, OPT_HELLO},
+        {"bind", required_argument, 0, OPT_BIND},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     optind = 2;
     int ch;
     while ((ch = getopt_long(argc, argv, "c:w:s:d:r:k:H:h", lo, NULL)) != -1) {
         switch (ch) {
-        case OPT_URL: O.url = optarg; break;
+        case OPT_URL:
+            if (O.ntargets >= MAX_URLS) usage_error("too many --url (at most 16)");
+            O.targets[O.ntargets++].url = optarg;
+            break;
         case 'c': O.conns = atoi(optarg); break;
         case 'w': O.window = atoi(optarg); break;
         case 's': O.size = atoi(optarg); break;
@@ -1500,13 +1562,29 @@ static void parse_args(int argc, char **argv)
         case OPT_MAXCYC: O.max_cycles = atoll(optarg); break;
         case OPT_QUIET: O.quiet = 1; break;
         case OPT_WPM: O.write_per_msg = 1; break;
+        case OPT_HELLO:
+            if (strlen(optarg) > 125) usage_error("--hello is at most 125 bytes");
+            O.hello = optarg;
+            break;
+        case OPT_BIND: {
+            struct sockaddr_in *a = &O.binds[O.nbinds];
+            if (O.nbinds >= MAX_BINDS) usage_error("too many --bind (at most 64)");
+            memset(a, 0, sizeof *a);
+            a->sin_family = AF_INET;
+            /* loopback only, like the targets */
+            if (inet_pton(AF_INET, optarg, &a->sin_addr) != 1 ||
+                (ntohl(a->sin_addr.s_addr) >> 24) != 127)
+                usage_error("--bind takes a 127.x.y.z address");
+            O.nbinds++;
+            break;
+        }
         case 'h': usage(); exit(0);
         default: usage_error("bad option");
         }
     }
     if (optind < argc) usage_error("unexpected argument");
-    if (!O.url) usage_error("--url is required");
-    parse_url(O.url);
+    if (O.ntargets == 0) usage_error("--url is required");
+    for (int i = 0; i < O.ntargets; i++) parse_url(&O.targets[i], O.targets[i].url);
     if (O.conns < 1 || O.conns > MAX_CONNS) usage_error("-c out of range");
     if (O.window < 1 || O.window > MAX_WINDOW) usage_error("-w out of range");
     if (O.size < 17 || O.size > MAX_MSG_SIZE) usage_error("-s must be 17..1048576");
@@ -1540,7 +1618,7 @@ int main(int argc, char **argv)
     h_init(&G.lat);
     h_init(&G.hs);
     build_frame_template();
-    build_handshake();
+    for (int i = 0; i < O.ntargets; i++) build_handshake(&O.targets[i]);
     G.epfd = epoll_create1(EPOLL_CLOEXEC);
     if (G.epfd < 0) die("epoll_create1 failed");
     G.use_pwait2 = 1;

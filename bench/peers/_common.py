@@ -45,12 +45,13 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def listen(factory: object, port: int) -> None:
+def listen(factory: object, port: int, run: bool = True) -> None:
     """
     Listen on 127.0.0.1 only and run the reactor until SIGTERM/SIGINT.
 
     :param factory: a configured ``WebSocketServerFactory``.
     :param port: the TCP port.
+    :param run: run the reactor (false: it already runs; just listen).
     """
     from twisted.internet import reactor
 
@@ -59,4 +60,5 @@ def listen(factory: object, port: int) -> None:
     # SYN retransmission timers instead of the server.
     reactor.listenTCP(port, factory, backlog=1024, interface="127.0.0.1")
     print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    reactor.run()
+    if run:
+        reactor.run()
