@@ -44,6 +44,7 @@ from wsfabric.errors import (
     InvalidArgument,
     WsfabricError,
 )
+from wsfabric.message import Variants
 
 #: The version of this wire protocol; Hello refuses a peer that speaks another.
 PROTOCOL_VERSION = 1
@@ -355,6 +356,7 @@ class Ping(amp.Command):
 TEXT = 1
 BINARY = 2
 CLOSED = 3
+VARIANTS = 4  # a wsfabric.message.Variants message (deliveries only)
 
 _HEAD = struct.Struct("!BH")  # kind, length of the client id (or count of ids)
 _ID = struct.Struct("!H")
@@ -448,9 +450,9 @@ class DeliveryBatch:
     """
     Sends queued for one gate, in order.
 
-    Each record is a kind byte (text or binary), a two-byte count of client
-    ids, the ids (each with a two-byte length), and the payload (four-byte
-    length).
+    Each record is a kind byte (text, binary or variants), a two-byte count
+    of client ids, the ids (each with a two-byte length), and the payload
+    (four-byte length; for variants, as :meth:`Variants.encode` writes them).
     """
 
     __slots__ = ("_parts", "size", "count")
@@ -460,12 +462,16 @@ class DeliveryBatch:
         self.size = 0
         self.count = 0
 
-    def send(self, client_ids: list[str] | tuple[str, ...], message: str | bytes) -> None:
+    def send(
+        self, client_ids: list[str] | tuple[str, ...], message: str | bytes | Variants
+    ) -> None:
         """
         Queue ``message`` for ``client_ids``.
         """
         if type(message) is str:
             kind, payload = TEXT, message.encode("utf-8")
+        elif type(message) is Variants:
+            kind, payload = VARIANTS, message.encode()
         else:
             kind, payload = BINARY, message
         ids = b"".join(
@@ -484,7 +490,7 @@ class DeliveryBatch:
         return b"".join(self._parts)
 
 
-def decode_deliveries(data: bytes) -> Iterator[tuple[list[str], str | bytes]]:
+def decode_deliveries(data: bytes) -> Iterator[tuple[list[str], str | bytes | Variants]]:
     """
     The inverse of :meth:`DeliveryBatch.encode`.
 
@@ -514,6 +520,8 @@ def decode_deliveries(data: bytes) -> Iterator[tuple[list[str], str | bytes]]:
                 yield client_ids, payload.decode("utf-8")
             elif kind == BINARY:
                 yield client_ids, payload
+            elif kind == VARIANTS:
+                yield client_ids, Variants.decode(payload)
             else:
                 raise ValueError(f"unknown delivery kind {kind}")
     except struct.error as e:
