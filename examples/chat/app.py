@@ -5,44 +5,45 @@ unchanged standalone or on a cluster::
 
     twistd -n wsfabric --app examples.chat.app:ChatApp --static examples/chat/static
 
-The browser page is ``examples/chat/static/index.html``. Client and server
-speak JSON text frames; see ``examples/chat/README.md`` for the messages.
+The browser page is ``examples/chat/static/index.html``. The application is
+a :class:`wsfabric.routing.Router`: the client calls routes (``chat.login``,
+``chat.join``, ``chat.say``, ...) and the server pushes ``chat.message``,
+``chat.private``, ``chat.online`` ...; see ``examples/chat/README.md``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from zope.interface import implementer
-
-from wsfabric.errors import ClientNotFound
-from wsfabric.interfaces import IApplication, IFabric
+from wsfabric.errors import RouteError
+from wsfabric.interfaces import IFabric
+from wsfabric.routing import Router, route
 
 MAX_NICK = 32
 MAX_ROOM = 64
 MAX_TEXT = 2000
 
+#: The routes the server pushes (declared so that route compression gives
+#: them codes too).
+PUSHES = ("chat.joined", "chat.left", "chat.message", "chat.private", "chat.online")
 
-class ChatError(Exception):
+
+def _text(data: Any, key: str, limit: int) -> str:
     """
-    A request the chat cannot carry out; its message goes back to the client.
+    :return: the stripped string ``data[key]``.
+    :raises RouteError: ``bad_request`` if it is missing, empty or too long.
     """
-
-
-def _text(payload: dict[str, Any], key: str, limit: int) -> str:
-    value = payload.get(key)
+    value = data.get(key) if isinstance(data, dict) else None
     if not isinstance(value, str) or not value.strip():
-        raise ChatError(f"{key} is required")
+        raise RouteError("bad_request", f"{key} is required")
     value = value.strip()
     if len(value) > limit:
-        raise ChatError(f"{key} is longer than {limit} characters")
+        raise RouteError("bad_request", f"{key} is longer than {limit} characters")
     return value
 
 
-@implementer(IApplication)
-class ChatApp:
+class ChatApp(Router):
     """
     A multi-room chat.
 
@@ -51,137 +52,113 @@ class ChatApp:
     """
 
     def __init__(self, fabric: IFabric, clock: Any = time.time) -> None:
-        self.fabric = fabric
+        super().__init__(fabric, compress_routes=True)
         self.clock = clock
+        self.declare_push(*PUSHES)
 
-    async def on_connect(self, client_id: str, request: Any) -> None:
-        """
-        Nothing happens until the client logs in.
-        """
-
-    async def on_message(self, client_id: str, message: str | bytes) -> None:
-        """
-        Handle one chat request.
-        """
-        try:
-            if not isinstance(message, str):
-                raise ChatError("send JSON text frames")
-            try:
-                payload = json.loads(message)
-            except ValueError:
-                raise ChatError("not JSON") from None
-            if not isinstance(payload, dict):
-                raise ChatError("expected a JSON object")
-            handler = self._handlers.get(payload.get("type"))
-            if handler is None:
-                raise ChatError(f"unknown request type {payload.get('type')!r}")
-            await handler(self, client_id, payload)
-        except ChatError as e:
-            await self._send(client_id, {"type": "error", "message": str(e)})
-        except ClientNotFound:
-            # The client left while its request was being handled.
-            pass
-
-    async def on_close(self, client_id: str) -> None:
+    async def on_client_close(self, client_id: str) -> None:
         """
         The client has left every room already; tell everyone who is online.
         """
         await self._broadcast_online()
 
-    # -- requests -----------------------------------------------------------------
+    # -- routes -------------------------------------------------------------------
 
-    async def _login(self, client_id: str, payload: dict[str, Any]) -> None:
-        nick = _text(payload, "nick", MAX_NICK)
+    @route("chat.login")
+    async def login(self, client_id: str, data: Any) -> dict[str, Any]:
+        """
+        Bind the nickname as the client's uid; answer with the welcome.
+        """
+        nick = _text(data, "nick", MAX_NICK)
         await self.fabric.bind_uid(client_id, nick)
-        await self._send(
-            client_id,
-            {
-                "type": "welcome",
-                "nick": nick,
-                "client_id": client_id,
-                "rooms": await self._rooms(),
-                "online": sorted(await self.fabric.get_all_uids()),
-            },
-        )
+        welcome = {
+            "nick": nick,
+            "client_id": client_id,
+            "rooms": await self._rooms(),
+            "online": sorted(await self.fabric.get_all_uids()),
+        }
         await self._broadcast_online()
+        return welcome
 
-    async def _join(self, client_id: str, payload: dict[str, Any]) -> None:
+    @route("chat.join")
+    async def join(self, client_id: str, data: Any) -> dict[str, Any]:
+        """
+        Join a room; the room hears of it; answer with its members.
+        """
         nick = await self._nick(client_id)
-        room = _text(payload, "room", MAX_ROOM)
+        room = _text(data, "room", MAX_ROOM)
         await self.fabric.join_group(client_id, room)
-        await self.fabric.send_to_group(
-            room, _json({"type": "joined", "room": room, "nick": nick})
-        )
-        await self._members(client_id, room)
+        await self.push_to_group(room, "chat.joined", {"room": room, "nick": nick})
+        return await self._members(room)
 
-    async def _leave(self, client_id: str, payload: dict[str, Any]) -> None:
+    @route("chat.leave")
+    async def leave(self, client_id: str, data: Any) -> dict[str, Any]:
+        """
+        Leave a room; the members left hear of it.
+        """
         nick = await self._nick(client_id)
-        room = _text(payload, "room", MAX_ROOM)
+        room = _text(data, "room", MAX_ROOM)
         await self.fabric.leave_group(client_id, room)
-        message = _json({"type": "left", "room": room, "nick": nick})
-        await self.fabric.send_to_group(room, message)
-        await self._send(client_id, json.loads(message))
+        await self.push_to_group(room, "chat.left", {"room": room, "nick": nick})
+        return {"room": room}
 
-    async def _say(self, client_id: str, payload: dict[str, Any]) -> None:
+    @route("chat.say")
+    async def say(self, client_id: str, data: Any) -> None:
+        """
+        Send a message to a room the client is in (the sender gets it too).
+        """
         nick = await self._nick(client_id)
-        room = _text(payload, "room", MAX_ROOM)
-        text = _text(payload, "text", MAX_TEXT)
+        room = _text(data, "room", MAX_ROOM)
+        text = _text(data, "text", MAX_TEXT)
         if client_id not in await self.fabric.get_client_ids_by_group(room):
-            raise ChatError(f"join {room} first")
-        await self.fabric.send_to_group(
+            raise RouteError("not_member", f"join {room} first")
+        await self.push_to_group(
             room,
-            _json(
-                {
-                    "type": "message",
-                    "room": room,
-                    "from": nick,
-                    "text": text,
-                    "ts": self.clock(),
-                }
-            ),
+            "chat.message",
+            {"room": room, "from": nick, "text": text, "ts": self.clock()},
         )
 
-    async def _private(self, client_id: str, payload: dict[str, Any]) -> None:
+    @route("chat.pm")
+    async def private(self, client_id: str, data: Any) -> None:
+        """
+        Send a private message to every connection of a uid, and of the
+        sender.
+        """
         nick = await self._nick(client_id)
-        to = _text(payload, "to", MAX_NICK)
-        text = _text(payload, "text", MAX_TEXT)
+        to = _text(data, "to", MAX_NICK)
+        text = _text(data, "text", MAX_TEXT)
         if not await self.fabric.is_uid_online(to):
-            raise ChatError(f"{to} is not online")
-        message = _json(
-            {"type": "private", "from": nick, "to": to, "text": text, "ts": self.clock()}
-        )
-        await self.fabric.send_to_uid(to, message)
+            raise RouteError("offline", f"{to} is not online")
+        message = {"from": nick, "to": to, "text": text, "ts": self.clock()}
+        await self.push_to_uid(to, "chat.private", message)
         if to != nick:
             # Every connection of the sender sees what it sent.
-            await self.fabric.send_to_uid(nick, message)
+            await self.push_to_uid(nick, "chat.private", message)
 
-    async def _who(self, client_id: str, payload: dict[str, Any]) -> None:
-        await self._members(client_id, _text(payload, "room", MAX_ROOM))
+    @route("chat.who")
+    async def who(self, client_id: str, data: Any) -> dict[str, Any]:
+        """
+        :return: the members of a room.
+        """
+        return await self._members(_text(data, "room", MAX_ROOM))
 
-    async def _list_rooms(self, client_id: str, payload: dict[str, Any]) -> None:
-        await self._send(client_id, {"type": "rooms", "rooms": await self._rooms()})
-
-    _handlers = {
-        "login": _login,
-        "join": _join,
-        "leave": _leave,
-        "say": _say,
-        "pm": _private,
-        "who": _who,
-        "rooms": _list_rooms,
-    }
+    @route("chat.rooms")
+    async def list_rooms(self, client_id: str, data: Any) -> dict[str, Any]:
+        """
+        :return: the rooms that have members, with their member counts.
+        """
+        return {"rooms": await self._rooms()}
 
     # -- helpers -------------------------------------------------------------------
 
     async def _nick(self, client_id: str) -> str:
         nick = await self.fabric.get_uid_by_client_id(client_id)
         if nick is None:
-            raise ChatError("log in first")
+            raise RouteError("login_required", "log in first")
         return nick
 
-    async def _members(self, client_id: str, room: str) -> None:
-        nicks = sorted(await self.fabric.get_uids_by_group(room))
-        await self._send(client_id, {"type": "members", "room": room, "nicks": nicks})
+    async def _members(self, room: str) -> dict[str, Any]:
+        return {"room": room, "nicks": sorted(await self.fabric.get_uids_by_group(room))}
 
     async def _rooms(self) -> list[dict[str, Any]]:
         rooms = []
@@ -193,11 +170,4 @@ class ChatApp:
 
     async def _broadcast_online(self) -> None:
         nicks = sorted(await self.fabric.get_all_uids())
-        await self.fabric.send_to_all(_json({"type": "online", "nicks": nicks}))
-
-    async def _send(self, client_id: str, payload: dict[str, Any]) -> None:
-        await self.fabric.send_to_client(client_id, _json(payload))
-
-
-def _json(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"))
+        await self.push_to_all("chat.online", {"nicks": nicks})

@@ -1,7 +1,8 @@
 """
 The browser side in headless Chromium (Debian's): the chat example page with
-two users, and the tests of wsfabric.js against the echo application. The
-drivers are in tests/browser/; each prints one result line.
+two users, the tests of wsfabric.js against the echo application and of its
+routed layer against a Router, and the game example's view watching a
+protobuf bot. The drivers are in tests/browser/; each prints one result line.
 """
 
 from __future__ import annotations
@@ -71,3 +72,47 @@ class BrowserTests(IntegrationTestCase):
         """
         node = self.standalone("examples.echo.app:EchoApp", ["--static", "tests/browser"])
         await self.drive("js_check.py", node.http_url + "/wsfabric_js_test.html")
+
+    @async_test(timeout=170)
+    async def test_wsfabric_js_routed(self) -> None:
+        """
+        wsfabric.client(): request/response with timeouts, error codes,
+        notify, pushes by route, raw messages, route compression, and
+        pending requests across server-side closes, against a Router.
+        """
+        node = self.standalone(
+            "tests.browser.routed_app:RoutedTestApp", ["--static", "tests/browser"]
+        )
+        await self.drive(
+            "js_check.py", node.http_url + "/wsfabric_js_routed_test.html", "--native-close"
+        )
+
+    @async_test(timeout=120)
+    async def test_game_view_sees_protobuf_bot(self) -> None:
+        """
+        The game example end to end: a bot plays over the protobuf codec
+        (wsfabric.client), and the browser view, on the JSON codec, lists it,
+        sees it move cell by cell and paints it on the canvas; then the page
+        joins as a player and moves with the arrow keys.
+        """
+        node = self.standalone("examples.game.app:GameApp", ["--static", "examples/game/static"])
+        bot = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "examples.game.bot", "--url", node.ws_url,
+            "--name", "bot-check", "--moves", "150", "--interval", "0.1",
+            cwd=PROJECT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+
+        def stop_bot() -> None:
+            if bot.returncode is None:
+                bot.kill()
+
+        self.addCleanup(stop_bot)
+        shots = os.path.abspath(self.mktemp())
+        await self.drive(
+            "game_check.py", node.http_url + "/", shots, "--bot", "bot-check", "--timeout", "35"
+        )
+        self.assertIsNone(bot.returncode, "the bot stopped before the check ended")
+        bot.terminate()
+        output, _ = await asyncio.wait_for(bot.communicate(), 10)
+        self.assertIn(b"bot-check: playing in match 'arena'", output)
+        self.assertTrue(os.path.exists(os.path.join(shots, "02-bot-moved.png")))

@@ -1,15 +1,18 @@
 """
-The chat example, driven in memory through wsfabric.testing.
+The chat example, driven in memory through wsfabric.testing, in the routed
+JSON protocol its page speaks.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from examples.chat.app import ChatApp
-from wsfabric.testing import StandaloneHarness
+from wsfabric.testing import FakeClient, StandaloneHarness
 
 
 def chat_app(fabric):
@@ -19,16 +22,42 @@ def chat_app(fabric):
 class ChatTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.harness = StandaloneHarness(chat_app)
+        self.ids = itertools.count(1)
 
-    def login(self, nick: str):
-        client = self.harness.connect()
-        client.send(json.dumps({"type": "login", "nick": nick}))
+    def connect(self, **request: Any) -> FakeClient:
+        return self.harness.connect(subprotocol="wsfabric.json", **request)
+
+    def request(self, client: FakeClient, route: str, data: Any = None) -> dict[str, Any]:
+        """Send a request; return the response or error envelope to it."""
+        id = next(self.ids)
+        client.send(json.dumps({"route": route, "id": id, "data": data}))
+        answers = [m for m in client.received_json() if m.get("id") == id]
+        self.assertEqual(len(answers), 1, f"no single answer to {route} in {client.received}")
+        return answers[0]
+
+    def call(self, client: FakeClient, route: str, data: Any = None) -> Any:
+        """Send a request that must succeed; return its data."""
+        answer = self.request(client, route, data)
+        self.assertNotIn("error", answer)
+        return answer["data"]
+
+    def error(self, client: FakeClient, route: str, data: Any = None) -> tuple[str, str]:
+        """Send a request that must fail; return its (code, message)."""
+        answer = self.request(client, route, data)
+        self.assertIn("error", answer)
+        return answer["error"]["code"], answer["error"]["message"]
+
+    def pushes(self, client: FakeClient, route: str) -> list[Any]:
+        return [
+            m["data"] for m in client.received_json()
+            if m.get("route") == route and "id" not in m and "error" not in m
+        ]
+
+    def login(self, nick: str) -> FakeClient:
+        client = self.connect()
+        welcome = self.call(client, "chat.login", {"nick": nick})
+        self.assertEqual((welcome["nick"], welcome["client_id"]), (nick, client.client_id))
         return client
-
-    def last(self, client, kind: str):
-        messages = [m for m in client.received_json() if m["type"] == kind]
-        self.assertTrue(messages, f"no {kind} message in {client.received_json()}")
-        return messages[-1]
 
     def test_login_room_and_message(self) -> None:
         """
@@ -36,23 +65,24 @@ class ChatTests(SynchronousTestCase):
         message; a user outside the room hears nothing of it.
         """
         alice, bob, carol = self.login("alice"), self.login("bob"), self.login("carol")
-        welcome = self.last(alice, "welcome")
-        self.assertEqual((welcome["nick"], welcome["client_id"]), ("alice", alice.client_id))
-        self.assertEqual(self.last(carol, "online")["nicks"], ["alice", "bob", "carol"])
-        for client in (alice, bob):
-            client.send(json.dumps({"type": "join", "room": "lobby"}))
-        self.assertEqual(self.last(bob, "members")["nicks"], ["alice", "bob"])
-        self.assertEqual(self.last(alice, "joined")["nick"], "bob")
-        alice.send(json.dumps({"type": "say", "room": "lobby", "text": "hello bob"}))
-        message = self.last(bob, "message")
+        self.assertEqual(self.pushes(carol, "chat.online")[-1]["nicks"], ["alice", "bob", "carol"])
+        self.call(alice, "chat.join", {"room": "lobby"})
+        members = self.call(bob, "chat.join", {"room": "lobby"})
+        self.assertEqual(members, {"room": "lobby", "nicks": ["alice", "bob"]})
+        self.assertEqual(self.pushes(alice, "chat.joined")[-1], {"room": "lobby", "nick": "bob"})
+        self.assertIsNone(self.call(alice, "chat.say", {"room": "lobby", "text": "hello bob"}))
+        expected = {"room": "lobby", "from": "alice", "text": "hello bob", "ts": 1700000000.0}
+        self.assertEqual(self.pushes(bob, "chat.message"), [expected])
+        self.assertEqual(self.pushes(alice, "chat.message"), [expected])
+        self.assertEqual(self.pushes(carol, "chat.message"), [])
         self.assertEqual(
-            message,
-            {"type": "message", "room": "lobby", "from": "alice", "text": "hello bob",
-             "ts": 1700000000.0},
+            self.call(carol, "chat.rooms"), {"rooms": [{"name": "lobby", "count": 2}]}
         )
-        self.assertEqual([m for m in carol.received_json() if m["type"] == "message"], [])
-        carol.send(json.dumps({"type": "rooms"}))
-        self.assertEqual(self.last(carol, "rooms")["rooms"], [{"name": "lobby", "count": 2}])
+        self.assertEqual(self.call(bob, "chat.leave", {"room": "lobby"}), {"room": "lobby"})
+        self.assertEqual(self.pushes(alice, "chat.left"), [{"room": "lobby", "nick": "bob"}])
+        self.assertEqual(
+            self.call(carol, "chat.who", {"room": "lobby"}), {"room": "lobby", "nicks": ["alice"]}
+        )
 
     def test_private_message(self) -> None:
         """
@@ -60,11 +90,16 @@ class ChatTests(SynchronousTestCase):
         the sender; to an offline nick it is an error.
         """
         alice, bob, bob2 = self.login("alice"), self.login("bob"), self.login("bob")
-        bob.send(json.dumps({"type": "pm", "to": "alice", "text": "psst"}))
+        self.call(bob, "chat.pm", {"to": "alice", "text": "psst"})
         for client in (alice, bob, bob2):
-            self.assertEqual(self.last(client, "private")["text"], "psst")
-        alice.send(json.dumps({"type": "pm", "to": "nobody", "text": "?"}))
-        self.assertEqual(self.last(alice, "error")["message"], "nobody is not online")
+            self.assertEqual(
+                self.pushes(client, "chat.private"),
+                [{"from": "bob", "to": "alice", "text": "psst", "ts": 1700000000.0}],
+            )
+        self.assertEqual(
+            self.error(alice, "chat.pm", {"to": "nobody", "text": "?"}),
+            ("offline", "nobody is not online"),
+        )
 
     def test_disconnect_updates_online_and_rooms(self) -> None:
         """
@@ -72,47 +107,52 @@ class ChatTests(SynchronousTestCase):
         no longer counts them.
         """
         alice, bob = self.login("alice"), self.login("bob")
-        bob.send(json.dumps({"type": "join", "room": "lobby"}))
+        self.call(bob, "chat.join", {"room": "lobby"})
         bob.disconnect()
-        self.assertEqual(self.last(alice, "online")["nicks"], ["alice"])
-        alice.send(json.dumps({"type": "who", "room": "lobby"}))
-        self.assertEqual(self.last(alice, "members")["nicks"], [])
+        self.assertEqual(self.pushes(alice, "chat.online")[-1]["nicks"], ["alice"])
+        self.assertEqual(self.call(alice, "chat.who", {"room": "lobby"})["nicks"], [])
+        self.assertEqual(self.call(alice, "chat.rooms"), {"rooms": []})
 
     def test_bad_requests(self) -> None:
         """
-        Bad requests get an error message and the connection stays usable.
+        Bad requests get an error with a stable code, and the connection
+        stays usable.
         """
-        client = self.harness.connect()
-        for request in (
-            "not json",
-            json.dumps([1]),
-            json.dumps({"type": "dance"}),
-            json.dumps({"type": "join", "room": "x"}),
-            json.dumps({"type": "login", "nick": ""}),
-            json.dumps({"type": "login", "nick": "n" * 33}),
-        ):
-            client.send(request)
-        errors = [m["message"] for m in client.received_json() if m["type"] == "error"]
-        self.assertEqual(
-            errors,
-            [
-                "not JSON",
-                "expected a JSON object",
-                "unknown request type 'dance'",
-                "log in first",
-                "nick is required",
-                "nick is longer than 32 characters",
-            ],
-        )
-        client.send(b"\x00")
-        self.assertEqual(self.last(client, "error")["message"], "send JSON text frames")
-        client.send(json.dumps({"type": "login", "nick": "ok"}))
-        self.assertEqual(self.last(client, "welcome")["nick"], "ok")
+        client = self.connect()
+        for route, data, expected in [
+            ("chat.dance", None, ("not_found", "no route 'chat.dance'")),
+            ("chat.join", {"room": "x"}, ("login_required", "log in first")),
+            ("chat.login", {"nick": ""}, ("bad_request", "nick is required")),
+            ("chat.login", [1], ("bad_request", "nick is required")),
+            ("chat.login", {"nick": "n" * 33},
+             ("bad_request", "nick is longer than 32 characters")),
+        ]:
+            self.assertEqual(self.error(client, route, data), expected)
+        client.send("not json")
+        self.assertEqual(client.received_json()[-1]["error"]["code"], "bad_request")
+        self.assertEqual(self.call(client, "chat.login", {"nick": "ok"})["nick"], "ok")
 
     def test_say_requires_membership(self) -> None:
         """
         Only members may talk in a room.
         """
         alice = self.login("alice")
-        alice.send(json.dumps({"type": "say", "room": "lobby", "text": "hi"}))
-        self.assertEqual(self.last(alice, "error")["message"], "join lobby first")
+        self.assertEqual(
+            self.error(alice, "chat.say", {"room": "lobby", "text": "hi"}),
+            ("not_member", "join lobby first"),
+        )
+
+    def test_route_compression(self) -> None:
+        """
+        A client that asks for route compression gets the route table first,
+        covering the pushes too, and may call routes by their codes.
+        """
+        client = self.connect(params={"routes": "1"})
+        first = client.received_json()[0]
+        self.assertEqual(first["route"], "wsfabric.routes")
+        table = first["data"]
+        for name in ("chat.login", "chat.join", "chat.message", "chat.online"):
+            self.assertIn(name, table)
+        client.send(json.dumps({"route": table["chat.login"], "id": 1, "data": {"nick": "zed"}}))
+        self.assertEqual(client.received_json()[-1]["data"]["nick"], "zed")
+        self.assertEqual(client.received_json()[-2]["route"], table["chat.online"])

@@ -31,9 +31,23 @@
  * With no 'error' listener, these errors go to console.warn instead.
  *
  * Layering: the connection is a small event emitter (`wsfabric.Emitter`)
- * around a WebSocket. Higher layers — request/response with timeouts,
- * notify, push handlers — subscribe to 'open', 'message' and 'close' and call
- * send(); they need nothing else from this file.
+ * around a WebSocket. The routed layer, `wsfabric.client()`, is built on it
+ * the same way any other layer could be: it subscribes to 'open', 'message'
+ * and 'close' and calls send().
+ *
+ * Routed messages (a server running `wsfabric.routing.Router`; JSON codec,
+ * subprotocol `wsfabric.json`, docs/wire-protocol.md):
+ *
+ *     const c = wsfabric.client({ compressRoutes: true });
+ *     c.onPush('chat.message', (data) => show(data));
+ *     const reply = await c.request('chat.join', { room: 'lobby' }, { timeout: 5000 });
+ *     c.notify('chat.typing', { room: 'lobby' });
+ *     // a failed request rejects with a wsfabric.RouteError: err.code is the
+ *     // server's ('not_found', 'bad_request', ...) or TIMEOUT, DISCONNECTED,
+ *     // CLOSED, QUEUE_FULL, BAD_DATA
+ *
+ * The protobuf codec (`wsfabric.proto`) is not implemented here: a browser
+ * client of a protobuf application uses JSON, which the server converts.
  */
 (function (root, factory) {
   'use strict';
@@ -619,6 +633,427 @@
     return new Connection(url, options);
   }
 
+  // -- the routed layer ---------------------------------------------------------
+
+  /** The JSON codec's WebSocket subprotocol (docs/wire-protocol.md). */
+  const JSON_SUBPROTOCOL = 'wsfabric.json';
+  /** The push that carries the route table of route compression. */
+  const ROUTES_PUSH = 'wsfabric.routes';
+  /** Request ids are JSON numbers: they must stay exact integers. */
+  const MAX_ID = Number.MAX_SAFE_INTEGER;
+
+  const CLIENT_DEFAULTS = Object.freeze({
+    timeout: 10000,
+    compressRoutes: false,
+    maxHeld: 1000,
+  });
+
+  /**
+   * The error of a failed request, or an error the server sent for a notify.
+   *
+   * `code` is the server's code (`bad_request`, `not_found`, `internal`,
+   * `service_unavailable` or an application's own) or, for failures found
+   * in the browser, one in capitals: `TIMEOUT`, `DISCONNECTED` (the socket
+   * closed while the request was on the wire; the connection reconnects),
+   * `CLOSED` (the connection is closed for good), `QUEUE_FULL`,
+   * `BAD_DATA` (data that JSON cannot carry).
+   * `message` is the server's message as is; `route` and `id` say which
+   * request it was, when known.
+   */
+  class RouteError extends Error {
+    constructor(code, message, route, id) {
+      super(message);
+      this.name = 'RouteError';
+      this.code = code;
+      this.route = route === undefined ? null : route;
+      this.id = id === undefined ? null : id;
+    }
+  }
+
+  /** `url` with `name=value` in its query; `url` is absolute. */
+  function withParam(url, name, value) {
+    const u = new URL(url);
+    u.searchParams.set(name, value);
+    return u.href;
+  }
+
+  function isObject(value) {
+    return value !== null && typeof value === 'object' && !Array.isArray(value);
+  }
+
+  /**
+   * A connection to a `wsfabric.routing.Router` application: request /
+   * response, notify and pushes by route name, in the JSON codec, over a
+   * reconnecting {@link Connection}. Create it with `wsfabric.client()`.
+   *
+   *     const c = wsfabric.client();                       // ws(s)://<page host>/ws
+   *     c.onPush('chat.message', (data) => show(data));
+   *     c.on('open', () => c.request('chat.login', {nick: 'alice'}).then(...));
+   *     const members = await c.request('chat.join', {room: 'lobby'}, {timeout: 5000});
+   *     c.notify('chat.typing', {room: 'lobby'});
+   *
+   * Events: 'open', 'close', 'reconnecting' and 'error' as on a Connection
+   * (plus 'error' with a RouteError for a server error that answers no
+   * request, e.g. for a failed notify); 'push' (route, data) for every push;
+   * 'routes' (table) when the server's route table arrives; 'message' (data)
+   * for a frame that is not an envelope (a binary frame, or raw text an
+   * application sent with `send_to_client`).
+   *
+   * Requests made while the socket is down are queued with the raw
+   * messages and sent after the next 'open'. A request already written when
+   * the socket closes fails with `DISCONNECTED`: the server that took it is
+   * gone, and only the caller knows whether it is safe to repeat.
+   */
+  class Client extends Emitter {
+    /**
+     * @param {string|URL|function(): string} [url] as for wsfabric.connect
+     * @param {object} [options] see wsfabric.client
+     */
+    constructor(url, options) {
+      super();
+      const opts = Object.assign({}, CLIENT_DEFAULTS, options || {});
+      if (!(opts.timeout >= 0)) throw new RangeError('wsfabric: timeout must be a number >= 0');
+      if (opts.protocols === undefined) opts.protocols = [JSON_SUBPROTOCOL];
+      this._opts = opts;
+      this._pending = new Map(); // id -> {resolve, reject, timer, route, gen}
+      this._nextId = 1;
+      this._gen = 0; // counts 'open's: which socket a written request went out on
+      this._pushHandlers = new Map(); // route -> [fn]
+      this._codes = null; // route name -> code, once the server's table arrived
+      this._names = null; // code -> route name
+      this._held = []; // pushes with codes, waiting for the table
+
+      let source = url;
+      if (opts.compressRoutes) {
+        source =
+          typeof url === 'function'
+            ? () => withParam(resolveUrl(url()), 'routes', '1')
+            : withParam(resolveUrl(url), 'routes', '1');
+      }
+      const conn = new Connection(source, opts);
+      this.connection = conn;
+      conn.on('open', () => {
+        this._gen += 1;
+        this.emit('open');
+      });
+      conn.on('message', (data) => this._onMessage(data));
+      conn.on('close', (code, reason, willReconnect) => this._onClose(code, reason, willReconnect));
+      conn.on('reconnecting', (attempt, delay) => this.emit('reconnecting', attempt, delay));
+      conn.on('error', (err) => this._emitError(err));
+    }
+
+    /** @returns {string} the connection's state, see Connection */
+    get state() {
+      return this.connection.state;
+    }
+
+    /** @returns {string} the subprotocol the server chose */
+    get protocol() {
+      return this.connection.protocol;
+    }
+
+    /** @returns {number} requests waiting for their response */
+    get pending() {
+      return this._pending.size;
+    }
+
+    /** @returns {object|null} the route table {name: code} of this socket, if any */
+    get routes() {
+      return this._codes ? Object.fromEntries(this._codes) : null;
+    }
+
+    /**
+     * Call a route and wait for its response.
+     * @param {string} route
+     * @param {*} [data] any JSON value; undefined sends no data (null)
+     * @param {object} [options]
+     * @param {number} [options.timeout] ms to wait (default the client's
+     *   `timeout`, 10000); 0 waits for ever
+     * @returns {Promise<*>} the response's data; rejects with a RouteError
+     */
+    request(route, data, options) {
+      const timeout = options && options.timeout !== undefined ? options.timeout : this._opts.timeout;
+      let frame;
+      const id = this._takeId();
+      try {
+        frame = this._encode(route, id, data);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      return new Promise((resolve, reject) => {
+        const entry = { resolve: resolve, reject: reject, timer: null, route: route, gen: 0 };
+        this._pending.set(id, entry);
+        if (timeout > 0) {
+          entry.timer = setTimeout(() => {
+            this._settle(id, new RouteError('TIMEOUT', 'no response to ' + route + ' within ' + timeout + ' ms', route, id));
+          }, timeout);
+        }
+        const queuedBefore = this.connection.queued;
+        let written;
+        try {
+          written = this.connection.send(frame);
+        } catch (err) {
+          this._settle(id, new RouteError(err.code || 'CLOSED', err.message, route, id));
+          return;
+        }
+        if (written) {
+          entry.gen = this._gen;
+        } else if (this.connection.queued > queuedBefore) {
+          entry.gen = this._gen + 1; // flushed right after the next 'open'
+        } else {
+          this._settle(id, new RouteError('QUEUE_FULL', 'send queue full; request to ' + route + ' dropped', route, id));
+        }
+      });
+    }
+
+    /**
+     * Send to a route without waiting for anything. A failure comes back, if
+     * at all, as an 'error' event with a RouteError whose `route` is this one.
+     * @param {string} route
+     * @param {*} [data] any JSON value
+     * @returns {boolean} true if written to the socket now, false if queued
+     * @throws {RouteError} BAD_DATA; Error CLOSED on a closed connection
+     */
+    notify(route, data) {
+      return this.connection.send(this._encode(route, null, data));
+    }
+
+    /**
+     * Call `fn(data, route)` for every push on `route`.
+     * @param {string} route
+     * @param {function(*, string)} fn
+     * @returns {this}
+     */
+    onPush(route, fn) {
+      if (typeof route !== 'string' || !route) throw new TypeError('wsfabric: route must be a non-empty string');
+      if (typeof fn !== 'function') throw new TypeError('wsfabric: push handler must be a function');
+      let list = this._pushHandlers.get(route);
+      if (!list) {
+        list = [];
+        this._pushHandlers.set(route, list);
+      }
+      list.push(fn);
+      return this;
+    }
+
+    /**
+     * Remove push handlers: `offPush(route, fn)` one, `offPush(route)` all of
+     * a route.
+     * @returns {this}
+     */
+    offPush(route, fn) {
+      const list = this._pushHandlers.get(route);
+      if (!list) return this;
+      if (fn === undefined) {
+        this._pushHandlers.delete(route);
+      } else {
+        const i = list.indexOf(fn);
+        if (i >= 0) list.splice(i, 1);
+        if (!list.length) this._pushHandlers.delete(route);
+      }
+      return this;
+    }
+
+    /** Send a raw message, not an envelope: see Connection.send. */
+    send(data) {
+      return this.connection.send(data);
+    }
+
+    /** Close for good; pending requests fail with CLOSED. See Connection.close. */
+    close(code, reason) {
+      this.connection.close(code, reason);
+    }
+
+    /** Connect now; see Connection.reconnect. */
+    reconnect() {
+      this.connection.reconnect();
+    }
+
+    // -- internals ------------------------------------------------------------
+
+    _takeId() {
+      const id = this._nextId;
+      this._nextId = id >= MAX_ID ? 1 : id + 1;
+      return id;
+    }
+
+    _encode(route, id, data) {
+      if (typeof route !== 'string' || !route || route.length > 255) {
+        throw new RouteError('BAD_DATA', 'a route is a string of 1 to 255 characters', route, id);
+      }
+      // Codes of a table are valid on the socket that announced them only;
+      // the table is dropped on close, so a frame queued for the next socket
+      // always carries the name.
+      const code = this._codes && this.connection.state === 'open' ? this._codes.get(route) : undefined;
+      const envelope = { route: code === undefined ? route : code };
+      if (id !== null) envelope.id = id;
+      if (data !== undefined) envelope.data = data;
+      let text;
+      try {
+        text = JSON.stringify(envelope);
+      } catch (err) {
+        throw new RouteError('BAD_DATA', 'data for ' + route + ' is not JSON: ' + err.message, route, id);
+      }
+      return text;
+    }
+
+    _onMessage(data) {
+      if (typeof data !== 'string') {
+        this.emit('message', data);
+        return;
+      }
+      let env;
+      try {
+        env = JSON.parse(data);
+      } catch (err) {
+        env = null;
+      }
+      if (!isObject(env) || !('id' in env || 'error' in env || 'route' in env)) {
+        this.emit('message', data); // raw text from the application
+        return;
+      }
+      if (env.id !== undefined && env.id !== null) {
+        this._onResponse(env);
+      } else if (typeof env.route === 'number' && !env.error) {
+        this._onCodedPush(env);
+      } else {
+        this._dispatch(env);
+      }
+    }
+
+    _onResponse(env) {
+      const entry = this._pending.get(env.id);
+      if (!entry) return; // timed out already: nobody waits for it
+      if (isObject(env.error)) {
+        const e = env.error;
+        this._settle(env.id, new RouteError(String(e.code || 'internal'), String(e.message || ''), entry.route, env.id));
+      } else {
+        this._settle(env.id, null, env.data === undefined ? null : env.data);
+      }
+    }
+
+    _onCodedPush(env) {
+      const name = this._names ? this._names.get(env.route) : undefined;
+      if (name !== undefined) {
+        env.route = name;
+        this._dispatch(env);
+      } else if (this._names) {
+        this._emitError(new RouteError('UNKNOWN_ROUTE', 'push with route code ' + env.route + ', not in the route table', env.route));
+      } else if (this._held.length >= this._opts.maxHeld) {
+        this._emitError(new RouteError('QUEUE_FULL', 'more than ' + this._opts.maxHeld + ' pushes before the route table; push dropped', env.route));
+      } else {
+        this._held.push(env); // the table is on its way
+      }
+    }
+
+    _dispatch(env) {
+      let route = env.route;
+      if (typeof route === 'number' && this._names && this._names.has(route)) route = this._names.get(route);
+      if (env.error !== undefined) {
+        const e = isObject(env.error) ? env.error : {};
+        this._emitError(new RouteError(String(e.code || 'internal'), String(e.message || ''), route === undefined ? null : route));
+        return;
+      }
+      if (typeof route !== 'string') {
+        this.emit('message', JSON.stringify(env));
+        return;
+      }
+      const data = env.data === undefined ? null : env.data;
+      if (route === ROUTES_PUSH) {
+        this._setTable(data);
+        return;
+      }
+      this.emit('push', route, data);
+      const list = this._pushHandlers.get(route);
+      if (list) {
+        for (const fn of list.slice()) {
+          try {
+            fn.call(this, data, route);
+          } catch (err) {
+            reportListenerError(err);
+          }
+        }
+      }
+    }
+
+    _setTable(table) {
+      if (!isObject(table)) {
+        this._emitError(new RouteError('bad_request', 'the route table is not an object', ROUTES_PUSH));
+        return;
+      }
+      const codes = new Map();
+      const names = new Map();
+      for (const name of Object.keys(table)) {
+        const code = table[name];
+        if (Number.isInteger(code) && code > 0) {
+          codes.set(name, code);
+          names.set(code, name);
+        }
+      }
+      this._codes = codes;
+      this._names = names;
+      this.emit('routes', Object.fromEntries(codes));
+      const held = this._held;
+      this._held = [];
+      for (const env of held) this._onCodedPush(env);
+    }
+
+    _onClose(code, reason, willReconnect) {
+      // The next socket announces its own table.
+      this._codes = this._names = null;
+      this._held = [];
+      for (const [id, entry] of Array.from(this._pending)) {
+        if (!willReconnect) {
+          this._settle(id, new RouteError('CLOSED', 'connection closed (' + code + ') before the response to ' + entry.route, entry.route, id));
+        } else if (entry.gen && entry.gen <= this._gen) {
+          this._settle(id, new RouteError('DISCONNECTED', 'connection lost (' + code + ') before the response to ' + entry.route, entry.route, id));
+        }
+      }
+      this.emit('close', code, reason, willReconnect);
+    }
+
+    _settle(id, err, value) {
+      const entry = this._pending.get(id);
+      if (!entry) return;
+      this._pending.delete(id);
+      clearTimeout(entry.timer);
+      if (err) entry.reject(err);
+      else entry.resolve(value);
+    }
+
+    _emitError(err) {
+      if (!this.emit('error', err) && err.code !== 'SOCKET_ERROR' && typeof console !== 'undefined') {
+        console.warn('wsfabric: ' + (err.route ? err.route + ': ' : '') + err.code + ': ' + err.message);
+      }
+    }
+  }
+
+  /**
+   * Open a connection to a `wsfabric.routing.Router` application (JSON codec).
+   *
+   * @param {string|URL|function(): string} [url] as for wsfabric.connect
+   * @param {object} [options] every option of wsfabric.connect, and
+   * @param {number} [options.timeout=10000] default ms a request waits for
+   *   its response (0: for ever)
+   * @param {boolean} [options.compressRoutes=false] ask the server for its
+   *   route table (`routes=1`) and send route codes instead of names
+   * @param {number} [options.maxHeld=1000] pushes with a route code kept
+   *   while the table has not arrived
+   * @param {string|string[]} [options.protocols=['wsfabric.json']]
+   * @returns {Client}
+   */
+  function client(url, options) {
+    if (
+      options === undefined &&
+      url !== null &&
+      typeof url === 'object' &&
+      !(typeof URL !== 'undefined' && url instanceof URL)
+    ) {
+      return new Client(undefined, url);
+    }
+    return new Client(url, options);
+  }
+
   return Object.freeze({
     version: VERSION,
     connect: connect,
@@ -626,5 +1061,9 @@
     Emitter: Emitter,
     backoffDelay: backoffDelay,
     DEFAULTS: DEFAULTS,
+    client: client,
+    Client: Client,
+    RouteError: RouteError,
+    CLIENT_DEFAULTS: CLIENT_DEFAULTS,
   });
 });

@@ -1,29 +1,27 @@
 /*
  * wsfabric chat example — the page logic. Needs /wsfabric.js loaded first.
  *
- * Protocol: one JSON object per text frame.
- *   client -> server
- *     {"type":"login","nick":"alice"}            nick = uid, 1-32 characters
- *     {"type":"join","room":"lobby"}   {"type":"leave","room":"lobby"}
- *     {"type":"say","room":"lobby","text":"hi"}
- *     {"type":"pm","to":"bob","text":"psst"}
- *     {"type":"who","room":"lobby"}    {"type":"rooms"}
- *   server -> client
- *     welcome {nick, client_id, rooms:[{name,count}], online:[nick]}
- *     joined / left {room, nick}           to the room's members
- *     members {room, nicks}                 after a join, and answering who
- *     message {room, from, text, ts}
- *     private {from, to, text, ts}          to both parties' connections
- *     rooms {rooms:[{name,count}]}
- *     online {nicks}                        on every login and disconnect
- *     error {message}
+ * Protocol: routed messages (wsfabric.client(), JSON codec); the server is
+ * examples/chat/app.py, a wsfabric.routing.Router.
+ *   requests (client -> server, each answered or failed with an error code)
+ *     chat.login {nick}          -> {nick, client_id, rooms:[{name,count}], online:[nick]}
+ *     chat.join {room}           -> {room, nicks}     (the room gets chat.joined)
+ *     chat.leave {room}          -> {room}            (the room gets chat.left)
+ *     chat.say {room, text}      -> null              (the room gets chat.message)
+ *     chat.pm {to, text}         -> null              (both uids get chat.private)
+ *     chat.who {room}            -> {room, nicks}
+ *     chat.rooms                 -> {rooms:[{name,count}]}
+ *   pushes (server -> client)
+ *     chat.joined / chat.left {room, nick}
+ *     chat.message {room, from, text, ts}
+ *     chat.private {from, to, text, ts}
+ *     chat.online {nicks}                  on every login and disconnect
+ *   error codes: bad_request (a missing or too long field), login_required,
+ *   not_member, offline
  *
- * The server echoes our own say/pm back, so nothing is shown locally before
+ * The server pushes our own say/pm back, so nothing is shown locally before
  * the server has it. After a reconnect the server has forgotten us: the
- * 'open' handler logs in again and rejoins every room we were in. The
- * server handles one client's messages in the order sent, so those joins
- * (and anything typed while offline, which wsfabric.js queues and sends after
- * the 'open' listeners) arrive after the login.
+ * 'open' handler logs in again and then rejoins every room we were in.
  *
  * All user text goes into the page through textContent, never innerHTML.
  */
@@ -59,25 +57,23 @@
 
   // -- connection ---------------------------------------------------------------
 
-  const conn = wsfabric.connect();
+  // Route compression: frequent routes travel as small integers.
+  const conn = wsfabric.client({ compressRoutes: true });
 
-  function send(obj) {
-    try {
-      conn.send(JSON.stringify(obj));
-      return true;
-    } catch (err) {
-      showError('not connected: ' + err.message);
-      return false;
-    }
+  /**
+   * Call a route; a failure is shown (and the promise resolves to
+   * undefined), so callers only handle success.
+   */
+  function call(route, data) {
+    return conn.request(route, data).catch((err) => {
+      reportError(err);
+      return undefined;
+    });
   }
 
   conn.on('open', () => {
     setStatus('connected', 'connected');
-    if (state.wantedNick) {
-      setStatus('connected', 'logging in…');
-      send({ type: 'login', nick: state.wantedNick });
-      for (const room of state.wantedRooms) send({ type: 'join', room: room });
-    }
+    if (state.wantedNick) login(state.wantedNick);
   });
 
   conn.on('close', (code, reason, willReconnect) => {
@@ -96,107 +92,93 @@
 
   conn.on('error', (err) => {
     // Socket errors are followed by 'close', which says what happens next.
-    if (err.code !== 'SOCKET_ERROR') showError(err.message);
+    if (err.code !== 'SOCKET_ERROR') reportError(err);
   });
 
-  conn.on('message', (data) => {
-    if (typeof data !== 'string') return; // the chat protocol is text only
-    let msg;
+  async function login(nick) {
+    setStatus('connected', 'logging in…');
+    let welcome;
     try {
-      msg = JSON.parse(data);
+      welcome = await conn.request('chat.login', { nick: nick });
     } catch (err) {
-      console.warn('chat: not JSON', data);
+      if (err.code === 'DISCONNECTED' || err.code === 'CLOSED') return; // 'open' retries
+      // The login was refused: let the user pick another nickname.
+      state.wantedNick = null;
+      setStatus('connected', 'connected');
+      reportError(err);
       return;
     }
-    const handler = handlers[msg && msg.type];
-    if (handler) handler(msg);
-    else console.warn('chat: unknown message', msg);
+    state.nick = state.wantedNick = welcome.nick;
+    state.ready = true;
+    el.me.textContent = welcome.nick;
+    el.loginView.hidden = true;
+    el.chatView.hidden = false;
+    setStatus('ready', 'online');
+    clearError();
+    setRooms(welcome.rooms || []);
+    setOnline(welcome.online || []);
+    if (!state.current) el.roomInput.focus();
+    for (const room of state.wantedRooms) sendJoin(room);
+  }
+
+  async function sendJoin(room) {
+    const reply = await call('chat.join', { room: room });
+    if (reply) members(reply);
+  }
+
+  // -- server pushes ------------------------------------------------------------
+
+  conn.onPush('chat.joined', (m) => {
+    if (!state.wantedRooms.has(m.room)) return; // a room we left meanwhile
+    // Our own join arrives before the answer to chat.join.
+    const conv = m.nick === state.nick ? ensureConv('room', m.room) : state.convs.get(key('room', m.room));
+    if (!conv) return;
+    conv.members.add(m.nick);
+    addLine(conv, { kind: 'system', text: m.nick + ' joined #' + m.room });
+    if (isCurrent(conv)) renderMembers();
+    refreshRoomsSoon();
   });
 
-  // -- server messages ----------------------------------------------------------
+  conn.onPush('chat.left', (m) => {
+    const conv = state.convs.get(key('room', m.room));
+    if (!conv || m.nick === state.nick) return;
+    conv.members.delete(m.nick);
+    addLine(conv, { kind: 'system', text: m.nick + ' left #' + m.room });
+    if (isCurrent(conv)) renderMembers();
+    refreshRoomsSoon();
+  });
 
-  const handlers = {
-    welcome(m) {
-      state.nick = state.wantedNick = m.nick;
-      state.ready = true;
-      el.me.textContent = m.nick;
-      el.loginView.hidden = true;
-      el.chatView.hidden = false;
-      setStatus('ready', 'online');
-      clearError();
-      setRooms(m.rooms || []);
-      setOnline(m.online || []);
-      if (!state.current) el.roomInput.focus();
-    },
+  conn.onPush('chat.message', (m) => {
+    const conv = state.convs.get(key('room', m.room));
+    if (conv) addLine(conv, { kind: 'message', from: m.from, text: m.text, ts: m.ts });
+  });
 
-    joined(m) {
-      if (m.nick === state.nick) {
-        if (!state.wantedRooms.has(m.room)) return; // left meanwhile
-        const conv = ensureConv('room', m.room);
-        if (state.selectOnJoin === m.room || !state.current) {
-          state.selectOnJoin = null;
-          select(conv);
-        }
-      }
-      const conv = state.convs.get(key('room', m.room));
-      if (!conv) return;
-      conv.members.add(m.nick);
-      addLine(conv, { kind: 'system', text: m.nick + ' joined #' + m.room });
-      if (isCurrent(conv)) renderMembers();
-      refreshRoomsSoon();
-    },
+  conn.onPush('chat.private', (m) => {
+    const peer = m.from === state.nick ? m.to : m.from;
+    addLine(ensureConv('pm', peer), { kind: 'private', from: m.from, text: m.text, ts: m.ts });
+  });
 
-    left(m) {
-      const conv = state.convs.get(key('room', m.room));
-      if (!conv || m.nick === state.nick) return;
-      conv.members.delete(m.nick);
-      addLine(conv, { kind: 'system', text: m.nick + ' left #' + m.room });
-      if (isCurrent(conv)) renderMembers();
-      refreshRoomsSoon();
-    },
+  conn.onPush('chat.online', (m) => setOnline(m.nicks || []));
 
-    members(m) {
-      if (!state.wantedRooms.has(m.room)) return;
-      const conv = ensureConv('room', m.room);
-      conv.members = new Set(m.nicks || []);
-      if (!state.current || state.selectOnJoin === m.room) {
-        state.selectOnJoin = null;
-        select(conv);
-      } else if (isCurrent(conv)) {
-        renderMembers();
-      }
-    },
+  /** The members of a room we are in, from chat.join or chat.who. */
+  function members(m) {
+    if (!state.wantedRooms.has(m.room)) return; // left meanwhile
+    const conv = ensureConv('room', m.room);
+    conv.members = new Set(m.nicks || []);
+    if (!state.current || state.selectOnJoin === m.room) {
+      state.selectOnJoin = null;
+      select(conv);
+    } else if (isCurrent(conv)) {
+      renderMembers();
+    }
+  }
 
-    message(m) {
-      const conv = state.convs.get(key('room', m.room));
-      if (conv) addLine(conv, { kind: 'message', from: m.from, text: m.text, ts: m.ts });
-    },
-
-    private(m) {
-      const peer = m.from === state.nick ? m.to : m.from;
-      addLine(ensureConv('pm', peer), { kind: 'private', from: m.from, text: m.text, ts: m.ts });
-    },
-
-    rooms(m) {
-      setRooms(m.rooms || []);
-    },
-
-    online(m) {
-      setOnline(m.nicks || []);
-    },
-
-    error(m) {
-      const text = String(m.message || 'error');
-      if (!state.ready && !state.nick) {
-        // Not logged in yet: the login was refused; let the user retry.
-        state.wantedNick = null;
-        setStatus('connected', 'connected');
-      }
-      showError(text);
-      const conv = state.convs.get(state.current);
-      if (conv) addLine(conv, { kind: 'system', text: 'error: ' + text });
-    },
-  };
+  function reportError(err) {
+    const text = String(err.message || err.code || 'error');
+    showError(text);
+    const conv = state.convs.get(state.current);
+    if (conv) addLine(conv, { kind: 'system', text: 'error: ' + text });
+  }
 
   // -- user actions -------------------------------------------------------------
 
@@ -211,10 +193,7 @@
     clearError();
     state.wantedNick = nick;
     // While not connected, the 'open' handler sends the login.
-    if (conn.state === 'open') {
-      setStatus('connected', 'logging in…');
-      send({ type: 'login', nick: nick });
-    }
+    if (conn.state === 'open') login(nick);
   });
 
   el.joinForm.addEventListener('submit', (ev) => {
@@ -245,7 +224,7 @@
     if (!conv) return;
     if (conv.kind === 'room') {
       state.wantedRooms.delete(conv.name);
-      send({ type: 'leave', room: conv.name });
+      call('chat.leave', { room: conv.name });
       refreshRoomsSoon();
     }
     state.convs.delete(state.current);
@@ -264,11 +243,13 @@
       showError('join a room or pick an online user first');
       return;
     }
-    const ok =
-      conv.kind === 'room'
-        ? send({ type: 'say', room: conv.name, text: text })
-        : send({ type: 'pm', to: conv.name, text: text });
-    if (ok) el.text.value = '';
+    if (conn.state === 'closed') {
+      showError('not connected');
+      return;
+    }
+    if (conv.kind === 'room') call('chat.say', { room: conv.name, text: text });
+    else call('chat.pm', { to: conv.name, text: text });
+    el.text.value = '';
   });
 
   el.reconnect.addEventListener('click', () => {
@@ -286,8 +267,8 @@
     }
     state.wantedRooms.add(room);
     state.selectOnJoin = room;
-    // While not logged in, the 'open' handler (re)joins every wanted room.
-    if (state.ready) send({ type: 'join', room: room });
+    // While not logged in, login() (re)joins every wanted room.
+    if (state.ready) sendJoin(room);
   }
 
   // Room counts change without a push; ask now and then, and soon after a
@@ -297,12 +278,16 @@
     if (roomsTimer) return;
     roomsTimer = setTimeout(() => {
       roomsTimer = null;
-      if (state.ready) send({ type: 'rooms' });
+      refreshRooms();
     }, 300);
   }
-  setInterval(() => {
-    if (state.ready) send({ type: 'rooms' });
-  }, ROOMS_REFRESH_MS);
+  setInterval(refreshRooms, ROOMS_REFRESH_MS);
+
+  async function refreshRooms() {
+    if (!state.ready) return;
+    const reply = await call('chat.rooms');
+    if (reply) setRooms(reply.rooms || []);
+  }
 
   // -- model helpers ------------------------------------------------------------
 

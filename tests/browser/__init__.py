@@ -1,0 +1,4 @@
+"""
+Headless-Chromium drivers (standalone scripts) and the application their
+test pages talk to; see README.md.
+"""
