@@ -68,7 +68,10 @@ def main() -> int:
         commands.append((
             f"backend{number}",
             [twistd(), "-n", "--pidfile=", "wsfabric-backend", "--app", arguments.app,
-             "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis", redis_url],
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis", redis_url,
+             # Each node needs an admin listener of its own (health, metrics,
+             # dashboard): backend N on 910N.
+             "--admin", f"tcp:{9100 + number}:interface=127.0.0.1"],
             0.3,
         ))
     for number, port in enumerate(arguments.gate_ports.split(","), 1):
@@ -76,7 +79,7 @@ def main() -> int:
             f"gate{number}",
             [twistd(), "-n", "--pidfile=", "wsfabric-gate", "--listen",
              f"tcp:{port}:interface=127.0.0.1", "--static", arguments.static,
-             "--redis", redis_url],
+             "--redis", redis_url, "--admin", f"tcp:{9080 + number}:interface=127.0.0.1"],
             0.3,
         ))
 
