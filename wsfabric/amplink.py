@@ -107,6 +107,8 @@ class RemoteCaller:
     :param timeout: seconds a call may take.
     :param max_in_flight: calls that may wait for an answer at once.
     :param peer: names the peer in error messages.
+    :param metrics: where each call's duration is counted
+        (:meth:`~wsfabric.metrics.Metrics.amp_call`), or ``None``.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class RemoteCaller:
         timeout: float,
         max_in_flight: int,
         peer: str,
+        metrics: Any = None,
     ) -> None:
         self._protocol = protocol
         self._clock = clock
@@ -123,6 +126,7 @@ class RemoteCaller:
         self._max_in_flight = max_in_flight
         self.peer = peer
         self.in_flight = 0
+        self._metrics = metrics
 
     def call(
         self, command: type[amp.Command], about: str | None = None, **arguments: Any
@@ -146,12 +150,17 @@ class RemoteCaller:
         self.in_flight += 1
         sent.addTimeout(self._timeout, self._clock)
         result: Deferred[dict[str, Any]] = Deferred()
-        sent.addCallbacks(self._answered, self._failed, (result,), None,
-                          (result, command, about))
+        started = self._clock.seconds()
+        sent.addCallbacks(self._answered, self._failed, (result, started), None,
+                          (result, command, about, started))
         return result
 
-    def _answered(self, answer: dict[str, Any], result: Deferred[dict[str, Any]]) -> None:
+    def _answered(
+        self, answer: dict[str, Any], result: Deferred[dict[str, Any]], started: float
+    ) -> None:
         self.in_flight -= 1
+        if self._metrics is not None:
+            self._metrics.amp_call(self._clock.seconds() - started)
         result.callback(answer)
 
     def _failed(
@@ -160,10 +169,13 @@ class RemoteCaller:
         result: Deferred[dict[str, Any]],
         command: type[amp.Command],
         about: str | None,
+        started: float,
     ) -> None:
         # Handled here, whatever it is: AMP drops the connection on failures
         # left unhandled at the end of its Deferred.
         self.in_flight -= 1
+        if self._metrics is not None:
+            self._metrics.amp_call(self._clock.seconds() - started)
         result.errback(self.translate(failure, command, about))
 
     def translate(

@@ -9,12 +9,16 @@ collaborators differ:
 - a call that concerns many (a group, a uid, everyone) is one publish on the
   bus, which reaches exactly the gates with interested clients;
 - queries read the index.
+
+Every send takes ``str`` (a text message), ``bytes`` (binary) or a
+:class:`~wsfabric.message.Variants` (one form per kind of client, from the
+routing layer; each client receives its own form).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.python.failure import Failure
@@ -31,6 +35,9 @@ from wsfabric.message import (
     check_name,
     encode_fanout,
 )
+
+if TYPE_CHECKING:
+    from wsfabric.message import Variants
 
 #: Finds the gate that owns a client: given a gate id, the gate's
 #: :class:`~wsfabric.interfaces.IGateControl`, or ``None`` if no such gate is
@@ -86,7 +93,7 @@ class Fabric:
     # -- sends ------------------------------------------------------------------
 
     @_checked
-    def send_to_client(self, client_id: str, message: str | bytes) -> Deferred[None]:
+    def send_to_client(self, client_id: str, message: str | bytes | Variants) -> Deferred[None]:
         """
         Send ``message`` to one client (a no-op if it is not online).
         """
@@ -98,7 +105,7 @@ class Fabric:
 
     @_checked
     def send_to_clients(
-        self, client_ids: Iterable[str], message: str | bytes
+        self, client_ids: Iterable[str], message: str | bytes | Variants
     ) -> Deferred[None]:
         """
         Send ``message`` to each of ``client_ids`` that is online.
@@ -120,7 +127,7 @@ class Fabric:
 
     @_checked
     def send_to_all(
-        self, message: str | bytes, exclude: Iterable[str] = ()
+        self, message: str | bytes | Variants, exclude: Iterable[str] = ()
     ) -> Deferred[None]:
         """
         Send ``message`` to every client except those in ``exclude``.
@@ -130,7 +137,7 @@ class Fabric:
         )
 
     @_checked
-    def send_to_uid(self, uid: str, message: str | bytes) -> Deferred[None]:
+    def send_to_uid(self, uid: str, message: str | bytes | Variants) -> Deferred[None]:
         """
         Send ``message`` to every client bound to ``uid``.
         """
@@ -140,7 +147,7 @@ class Fabric:
 
     @_checked
     def send_to_group(
-        self, group: str, message: str | bytes, exclude: Iterable[str] = ()
+        self, group: str, message: str | bytes | Variants, exclude: Iterable[str] = ()
     ) -> Deferred[None]:
         """
         Send ``message`` to every member of ``group`` except those in
@@ -328,6 +335,31 @@ class Fabric:
         """
         partial = check_info(partial)
         return self._owner(client_id).update_info(client_id, partial)
+
+    # -- services (wsfabric.rpc; docs/services.md) ---------------------------------
+
+    #: The node's :class:`wsfabric.rpc.RpcEndpoint`, set when the node is wired.
+    rpc: Any = None
+
+    def call(
+        self, service: str, route: str, data: Any = None, timeout: float = 10.0
+    ) -> Deferred[Any]:
+        """
+        Call ``route`` on a backend of ``service``; see
+        :meth:`wsfabric.rpc.RpcEndpoint.call`.
+        """
+        if self.rpc is None:
+            return fail(RuntimeError("this fabric has no RPC endpoint"))
+        return self.rpc.call(service, route, data, timeout)
+
+    def notify(self, service: str, route: str, data: Any = None) -> Deferred[None]:
+        """
+        Run ``route`` on a backend of ``service`` without waiting for a
+        result; see :meth:`wsfabric.rpc.RpcEndpoint.notify`.
+        """
+        if self.rpc is None:
+            return fail(RuntimeError("this fabric has no RPC endpoint"))
+        return self.rpc.notify(service, route, data)
 
 
 def _ids(client_ids: Iterable[str]) -> list[str]:

@@ -18,6 +18,7 @@ cluster (Redis and AMP):
   clients it owns;
 - :class:`IClientEvents`: the client events a gate hands to the backend side;
 - :class:`IClientConnection`: one client's connection, as the gate sees it.
+- :class:`IAuthenticator`: who a connecting client is (pluggable, ``--authenticator``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from wsfabric.message import ConnectRequest, SharedMessage
+    from wsfabric.message import ConnectRequest, SharedMessage, Variants
 
 class IApplication(Interface):
     """
@@ -88,15 +89,19 @@ class IFabric(Interface):
       sent; delivery is at-most-once and detectable losses are counted;
     - when the cluster state cannot be reached, calls fail within a bounded
       time with :class:`wsfabric.errors.ClusterUnavailable`.
+
+    A ``message`` is ``str`` (a text frame), ``bytes`` (a binary frame) or a
+    :class:`wsfabric.message.Variants` (one form per kind of client, as the
+    routing layer's pushes are; each client receives the form of its codec).
     """
 
-    def send_to_client(client_id: str, message: str | bytes) -> Deferred[None]:
+    def send_to_client(client_id: str, message: str | bytes | Variants) -> Deferred[None]:
         """
         Send ``message`` to one client.
         """
 
     def send_to_clients(
-        client_ids: Iterable[str], message: str | bytes
+        client_ids: Iterable[str], message: str | bytes | Variants
     ) -> Deferred[None]:
         """
         Send ``message`` to each of ``client_ids``.
@@ -110,7 +115,7 @@ class IFabric(Interface):
         ``exclude``.
         """
 
-    def send_to_uid(uid: str, message: str | bytes) -> Deferred[None]:
+    def send_to_uid(uid: str, message: str | bytes | Variants) -> Deferred[None]:
         """
         Send ``message`` to every client bound to ``uid``.
         """
@@ -227,6 +232,52 @@ class IFabric(Interface):
         """
         Merge the top-level keys of ``partial`` into the info of
         ``client_id``.
+        """
+
+    def call(service: str, route: str, data: Any = None, timeout: float = 10.0) -> Deferred[Any]:
+        """
+        Call ``route`` on one live backend of ``service`` (round robin) and
+        return its handler's result. Fails with
+        :class:`wsfabric.errors.RemoteError` carrying the remote code
+        (``service_unavailable`` when the service has no live backend), or
+        :class:`wsfabric.errors.RequestTimeout`. See docs/services.md.
+        """
+
+    def notify(service: str, route: str, data: Any = None) -> Deferred[None]:
+        """
+        Run ``route`` on one live backend of ``service`` without waiting for
+        its result.
+        """
+
+
+class IPresenceListener(Interface):
+    """
+    Optionally provided by an application to hear presence events from the
+    whole cluster (docs/services.md). Each event reaches one backend of each
+    listening service; the events of one group (or uid) reach the same
+    backend, in order, while the service's membership is stable.
+    """
+
+    def on_group_join(group: str, client_id: str) -> Any:
+        """
+        ``client_id`` joined ``group``.
+        """
+
+    def on_group_leave(group: str, client_id: str) -> Any:
+        """
+        ``client_id`` left ``group`` (by ``leave_group``, ``ungroup``, its
+        close, or the sweep of its dead gate).
+        """
+
+    def on_uid_online(uid: str) -> Any:
+        """
+        The first client was bound to ``uid``.
+        """
+
+    def on_uid_offline(uid: str) -> Any:
+        """
+        The last client bound to ``uid`` went away (unbound, closed or
+        swept).
         """
 
 
@@ -392,7 +443,7 @@ class IGateControl(Interface):
     """
 
     def send_to_clients(
-        client_ids: Sequence[str], message: str | bytes
+        client_ids: Sequence[str], message: str | bytes | Variants
     ) -> Deferred[None]:
         """
         Deliver ``message`` to each of ``client_ids`` that this gate holds.
@@ -459,6 +510,32 @@ class IClientEvents(Interface):
         """
         A client has gone; ``on_close`` runs after the client's earlier
         events.
+        """
+
+
+class IAuthenticator(Interface):
+    """
+    Decides who a connecting client is, from its handshake, before the
+    WebSocket upgrade (``--authenticator module:Name`` names a callable,
+    called with no arguments, that returns a provider). The built-in one
+    verifies JWTs (:class:`wsfabric.gate.auth.JWTAuthenticator`).
+
+    Transports call it with what the client presented: a WebSocket handshake
+    gives its headers and query parameters; a token refresh gives
+    ``params={"token": ...}`` and no headers.
+    """
+
+    def authenticate(headers: dict[str, str], params: dict[str, str]) -> Any:
+        """
+        :param headers: the request headers, names in lower case.
+        :param params: the query parameters (first value of each).
+        :return: ``(uid, claims)``, or a Deferred firing with it: the uid to
+            bind (``None`` for an anonymous client) and the claims the
+            application sees as ``request.claims``. A numeric ``exp`` claim
+            (seconds since the epoch) is when the connection's credentials
+            expire: it is closed with 4401 then unless refreshed.
+        :raises wsfabric.errors.AuthenticationFailed: (or fail with it) to
+            refuse the client with HTTP 401.
         """
 
 

@@ -9,7 +9,13 @@ silent.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
+
+#: Upper bounds (seconds) of the AMP call latency histogram's buckets.
+AMP_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
 
 
 class Metrics:
@@ -27,9 +33,17 @@ class Metrics:
     :ivar messages_out: messages written to client connections.
     :ivar bytes_out: payload bytes written to client connections.
     :ivar drops: messages or clients dropped, by cause (``slow_consumer``,
-        ``oversize``, ``malformed``, ...).
+        ``oversize``, ``malformed``, ...; clients closed for sending too
+        fast: ``rate_limit``, whose token expired: ``token_expired``;
+        handshakes refused: ``origin``, ``unauthorized``, ``ip_limit``,
+        ``uid_limit``).
     :ivar closes: closed connections by close code.
     :ivar hook_errors: exceptions raised by application hooks.
+    :ivar amp_calls: AMP calls this node made that have finished.
+    :ivar amp_call_seconds: their total duration.
+    :ivar amp_call_buckets: how many took at most each bound of
+        :data:`AMP_LATENCY_BUCKETS` (not cumulative; the last slot counts
+        the slower ones).
     """
 
     def __init__(self) -> None:
@@ -45,6 +59,9 @@ class Metrics:
         self.drops: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
         self.hook_errors = 0
+        self.amp_calls = 0
+        self.amp_call_seconds = 0.0
+        self.amp_call_buckets = [0] * (len(AMP_LATENCY_BUCKETS) + 1)
 
     def connection_opened(self) -> None:
         """
@@ -104,3 +121,11 @@ class Metrics:
         An application hook raised.
         """
         self.hook_errors += 1
+
+    def amp_call(self, seconds: float) -> None:
+        """
+        An AMP call to a peer finished (answered or failed) after ``seconds``.
+        """
+        self.amp_calls += 1
+        self.amp_call_seconds += seconds
+        self.amp_call_buckets[bisect_left(AMP_LATENCY_BUCKETS, seconds)] += 1

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 
 class StartupError(Exception):
@@ -72,9 +72,22 @@ class NodeService(MultiService):
 
     _log = Logger()
 
+    #: Makes the log observer twistd should use instead of its text one
+    #: (``--log-format json``), or ``None``.
+    log_observer_factory: Any = None
+
     def __init__(self, reactor: Any) -> None:
         super().__init__()
         self._reactor = reactor
+
+    def setServiceParent(self, parent: Any) -> None:  # noqa: N802 (Twisted's name)
+        """
+        Join ``parent``. When it is twistd's application and a log format was
+        chosen, give it the observer: twistd starts logging with it.
+        """
+        if self.log_observer_factory is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer_factory())
+        super().setServiceParent(parent)
 
     def stopService(self) -> Deferred[None]:
         """

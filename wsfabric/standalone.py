@@ -15,6 +15,9 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from wsfabric.admin.node import AdminNode
+from wsfabric.admin.options import admin_parameters, check_admin_options
+from wsfabric.admin.service import make_admin_service
 from wsfabric.backend.dispatcher import Dispatcher
 from wsfabric.cluster.memory import MemoryBus, MemoryIndex
 from wsfabric.fabric import Fabric
@@ -22,16 +25,20 @@ from wsfabric.gate.edge import (
     ALLOWED_ORIGIN_HELP,
     EDGE_FLAGS,
     EDGE_PARAMETERS,
+    TRUSTED_PROXY_HELP,
     GateService,
     check_edge_options,
     make_client_listener,
+    make_tcp_listener,
 )
 from wsfabric.gate.gate import Gate
 from wsfabric.ids import new_gate_id
 from wsfabric.interfaces import IApplication, IFabric, IGateControl
 from wsfabric.metrics import Metrics
 from wsfabric.options import WsfabricOptions, load_app_factory
-from wsfabric.service import NodeService, fatal
+from wsfabric.presence import standalone_presence
+from wsfabric.rpc import standalone_rpc
+from wsfabric.service import NodeService, daemonized, fatal
 
 APP_PARAMETERS: list[list[Any]] = [
     ["app", "a", None, "The application: module.path:Name, a callable taking the fabric."],
@@ -50,14 +57,22 @@ class Options(WsfabricOptions):
         "Run a wsfabric application standalone: WebSocket clients, the "
         "application and the whole IFabric API in one process, no Redis needed."
     )
-    optParameters = WsfabricOptions.optParameters + APP_PARAMETERS + EDGE_PARAMETERS
+    optParameters = (
+        WsfabricOptions.optParameters + APP_PARAMETERS + EDGE_PARAMETERS
+        + admin_parameters("standalone")
+    )
     optFlags = EDGE_FLAGS
-    repeatable = ("allowed-origin",)
+    repeatable = ("allowed-origin", "trusted-proxy")
 
     def opt_allowed_origin(self, origin: str) -> None:  # noqa: D102 (set below)
         self.append("allowed-origin", origin)
 
     opt_allowed_origin.__doc__ = ALLOWED_ORIGIN_HELP
+
+    def opt_trusted_proxy(self, proxy: str) -> None:  # noqa: D102 (set below)
+        self.append("trusted-proxy", proxy)
+
+    opt_trusted_proxy.__doc__ = TRUSTED_PROXY_HELP
 
     def postOptions(self) -> None:
         """
@@ -68,6 +83,7 @@ class Options(WsfabricOptions):
             raise usage.UsageError("--app is required (e.g. --app examples.echo.app:EchoApp)")
         self["app-factory"] = load_app_factory(self["app"], self["app-dir"])
         check_edge_options(self)
+        check_admin_options(self, "standalone")
 
 
 def build_application(factory: Any, spec: str, fabric: IFabric) -> IApplication:
@@ -98,6 +114,7 @@ def make_standalone(
     reactor: Any,
     metrics: Metrics | None = None,
     spec: str = "the application",
+    bus: MemoryBus | None = None,
 ) -> tuple[Gate, Dispatcher, Fabric, IApplication]:
     """
     Wire the pieces of a standalone node: gate, in-memory bus and index,
@@ -108,11 +125,12 @@ def make_standalone(
         cluster roles).
     :param metrics: the counters, or ``None`` for new ones.
     :param spec: how the application was named, for error messages.
+    :param bus: the in-memory bus, or ``None`` for a new one.
     :return: the gate, the dispatcher, the fabric and the application.
     """
     metrics = metrics if metrics is not None else Metrics()
     index = MemoryIndex()
-    bus = MemoryBus()
+    bus = bus if bus is not None else MemoryBus()
     gate_id = new_gate_id()
     gate: Gate
 
@@ -127,8 +145,11 @@ def make_standalone(
 
     fabric = Fabric(index, bus, locate_gate)
     app = build_application(app_factory, spec, fabric)
+    fabric.rpc = standalone_rpc(reactor, bus, gate_id, app)
     dispatcher = Dispatcher(app, metrics, flow_control)
-    gate = Gate(gate_id, index, bus, dispatcher, metrics)
+    # The gate writes through presence events when the application wants them.
+    gate = Gate(gate_id, standalone_presence(bus, index, gate_id, app, fabric), bus,
+                dispatcher, metrics)
     return gate, dispatcher, fabric, app
 
 
@@ -150,19 +171,35 @@ def make_service(options: Options, reactor: Any) -> NodeService:
         clients).
     """
     metrics = Metrics()
+    bus = MemoryBus()
     gate, dispatcher, fabric, app = make_standalone(
-        options["app-factory"], reactor, metrics, options["app"]
+        options["app-factory"], reactor, metrics, options["app"], bus
     )
     listener, factory = make_client_listener(options, gate, metrics, reactor)
+    tcp = make_tcp_listener(options, gate, metrics, reactor, factory.gatekeeper)
     root = NodeService(reactor)
     # Kept on the root so tests and the admin listener can reach them.
     root.gate = gate  # type: ignore[attr-defined]
     root.fabric = fabric  # type: ignore[attr-defined]
     root.metrics = metrics  # type: ignore[attr-defined]
-    GateService(
+    # First: it starts first and stops last, so health answers while draining.
+    admin = make_admin_service(
+        options,
+        AdminNode("standalone", lambda: gate.gate_id, metrics, root, fabric=fabric,
+                  gate=gate, bus=bus),
+        reactor,
+        daemonized(options),
+    )
+    if admin is not None:
+        admin.setServiceParent(root)
+    gate_service = GateService(
         gate, factory, reactor, options["shutdown-timeout"], dispatcher.when_idle
-    ).setServiceParent(root)
+    )
+    gate_service.setServiceParent(root)
     listener.setServiceParent(root)
+    if tcp is not None:
+        gate_service.add_transport(tcp[1])
+        tcp[0].setServiceParent(root)
     return root
 
 

@@ -181,3 +181,49 @@ def broken_factory(fabric: IFabric) -> None:
     Fails while creating the application.
     """
     raise ValueError("cannot start without a database")
+
+
+def _routing_app(fabric: IFabric) -> Any:
+    # Imported here: the other applications need no protobuf.
+    from wsfabric.errors import RouteError
+    from wsfabric.routing import Router, route
+    from wsfabric.routing.envelope_pb2 import Error
+
+    class RoutingApp(Router):
+        """
+        Routes for tests/integration/test_routing.py, with route compression.
+        """
+
+        def __init__(self, fabric: IFabric) -> None:
+            super().__init__(fabric, compress_routes=True)
+            self.declare_push("shout")
+
+        @route("echo")
+        def echo(self, client_id: str, data: Any) -> Any:
+            return data
+
+        @route("upper", request=Error)
+        def upper(self, client_id: str, message: Any) -> Any:
+            return Error(code=message.code.upper(), message=client_id)
+
+        @route("join")
+        async def join(self, client_id: str, group: Any) -> None:
+            await self.fabric.join_group(client_id, group)
+
+        @route("shout")
+        def shout(self, client_id: str, data: Any) -> Any:
+            return self.push_to_group(data["group"], "shout", data["data"])
+
+        @route("deny")
+        def deny(self, client_id: str, data: Any) -> None:
+            raise RouteError("not_allowed", "no")
+
+        @route("boom")
+        def boom(self, client_id: str, data: Any) -> None:
+            raise RuntimeError("boom (expected by the test)")
+
+    return RoutingApp(fabric)
+
+
+#: A wsfabric.routing.Router (``--app tests.integration.apps:RoutingApp``).
+RoutingApp = _routing_app

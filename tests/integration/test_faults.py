@@ -579,7 +579,9 @@ class GracefulShutdownTests(FaultTestCase):
         """
         A gate holding 10,003 clients, on SIGTERM, stops accepting, closes
         every client with 1001, removes all its index entries and its
-        registration, and exits with status 0 within 5 s.
+        registration, and exits with status 0 once the drain window (5 s
+        by default: the closes are spread over it so that a fleet restart
+        does not stampede the other gates) has passed, with 2.5 s to spare.
         """
         # The gate inherits this limit: 10,000 sockets need more than 1,024.
         limit = raise_nofile(65536)
@@ -612,9 +614,10 @@ class GracefulShutdownTests(FaultTestCase):
                 await ContractClient.connect(victim.ws_url, open_timeout=2)
         status, _ = await wait_exit(victim, 30)
         took = time.monotonic() - started
-        report("SIGTERM", "gate with 10,003 clients: SIGTERM until exit", took, "<= 5 s")
+        report("SIGTERM", "gate with 10,003 clients: SIGTERM until exit", took,
+               "<= 7.5 s (5 s drain window + 2.5 s)")
         self.assertEqual(status, 0)
-        self.assertLessEqual(took, 5.0)
+        self.assertLessEqual(took, 7.5)
         # Clean the moment the process is gone.
         self.assertEqual(gate_residue(cluster.redis, gate_id), {})
         self.assertEqual(await observer.call("get_all_client_count"), 1)

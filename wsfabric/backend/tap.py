@@ -30,6 +30,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from wsfabric.admin.node import AdminNode
+from wsfabric.admin.options import admin_parameters, check_admin_options
+from wsfabric.admin.service import make_admin_service
 from wsfabric.backend.amp import BackendContext, BackendServerFactory
 from wsfabric.backend.dispatcher import Dispatcher
 from wsfabric.cluster.options import CLUSTER_PARAMETERS, check_cluster_options
@@ -38,6 +41,8 @@ from wsfabric.gate.tap import ClusterNodeService
 from wsfabric.ids import new_gate_id
 from wsfabric.metrics import Metrics
 from wsfabric.options import WsfabricOptions, load_app_factory, non_negative_float
+from wsfabric.presence import cluster_presence
+from wsfabric.rpc import RpcService, cluster_rpc
 from wsfabric.service import daemonized, fatal
 from wsfabric.standalone import APP_PARAMETERS, build_application
 
@@ -99,6 +104,7 @@ class Options(WsfabricOptions):
             ],
         ]
         + CLUSTER_PARAMETERS
+        + admin_parameters("backend")
     )
 
     def postOptions(self) -> None:
@@ -110,6 +116,7 @@ class Options(WsfabricOptions):
             raise usage.UsageError("--app is required (e.g. --app examples.echo.app:EchoApp)")
         self["app-factory"] = load_app_factory(self["app"], self["app-dir"])
         check_cluster_options(self)
+        check_admin_options(self, "backend")
         if self["advertise"] is None:
             try:
                 self["advertise"] = advertised_endpoint(self["listen"])
@@ -289,6 +296,7 @@ def make_service(options: Options, reactor: Any) -> ClusterNodeService:
     context: BackendContext
     fabric = Fabric(redis.index, redis.bus, lambda gate_id: context.locate_gate(gate_id))
     app = build_application(options["app-factory"], options["app"], fabric)
+    fabric.rpc = cluster_rpc(reactor, redis, backend_id, options["secret"], app)
     dispatcher = Dispatcher(app, metrics, lambda c, p: context.flow_control(c, p))
     context = BackendContext(
         backend_id,
@@ -308,7 +316,21 @@ def make_service(options: Options, reactor: Any) -> ClusterNodeService:
     root.metrics = metrics  # type: ignore[attr-defined]
     root.fabric = fabric  # type: ignore[attr-defined]
     root.redis = redis  # type: ignore[attr-defined]
+    # First: it starts first and stops last, so health answers while draining.
+    admin = make_admin_service(
+        options,
+        AdminNode("backend", lambda: backend_id, metrics, root, fabric=fabric, redis=redis,
+                  gates=context.gates),
+        reactor,
+        daemonized(options),
+    )
+    if admin is not None:
+        admin.setServiceParent(root)
     redis.setServiceParent(root)
+    RpcService(fabric.rpc).setServiceParent(root)
+    presence = cluster_presence(reactor, redis, backend_id, options["service"], app, fabric)
+    if presence is not None:
+        presence.setServiceParent(root)
     AmpListenerService(
         options["listen"], endpoint, BackendServerFactory(context), daemonized(options)
     ).setServiceParent(root)

@@ -448,27 +448,38 @@ local ns = ARGV[2]
 
 # What remove_client does, shared by every script that drops clients.
 _LUA_LIB = """
+-- Presence events (wsfabric.presence), published only while a node wants
+-- them ({ns}:presence exists), in the order of the changes.
+local quiet = false
+local function presence(e, g, c, u)
+  if quiet or redis.call('EXISTS', ns .. ':presence') == 0 then return end
+  redis.call('PUBLISH', ns .. ':ch:presence', cjson.encode({e = e, g = g, c = c, u = u or nil}))
+end
 local function unbind(cid, ckey)
   local uid = redis.call('HGET', ckey, 'uid')
   if uid then
     local ukey = ns .. ':uid:' .. uid
     redis.call('SREM', ukey, cid)
-    if redis.call('EXISTS', ukey) == 0 then redis.call('SREM', ns .. ':uids', uid) end
+    if redis.call('EXISTS', ukey) == 0 then
+      redis.call('SREM', ns .. ':uids', uid)
+      presence('offline', nil, nil, uid)
+    end
     redis.call('HDEL', ckey, 'uid')
   end
   return uid
 end
-local function leave(cid, group)
+local function leave(cid, group, uid)
   local key = ns .. ':group:' .. group
-  redis.call('SREM', key, cid)
+  if redis.call('SREM', key, cid) == 1 then presence('leave', group, cid, uid) end
   if redis.call('EXISTS', key) == 0 then redis.call('SREM', ns .. ':groups', group) end
 end
 local function remove(cid, gid)
   local ckey = ns .. ':client:' .. cid
-  local uid = unbind(cid, ckey)
   local gkey = ns .. ':cgroups:' .. cid
   local groups = redis.call('SMEMBERS', gkey)
-  for _, group in ipairs(groups) do leave(cid, group) end
+  local bound = redis.call('HGET', ckey, 'uid')
+  for _, group in ipairs(groups) do leave(cid, group, bound) end
+  local uid = unbind(cid, ckey)
   redis.call('DEL', gkey, ckey)
   redis.call('SREM', ns .. ':gate:' .. gid .. ':clients', cid)
   redis.call('SREM', ns .. ':clients', cid)
@@ -557,7 +568,7 @@ if redis.call('HGET', ckey, 'uid') ~= uid then
   unbind(cid, ckey)
   redis.call('HSET', ckey, 'uid', uid)
   redis.call('SADD', ns .. ':uid:' .. uid, cid)
-  redis.call('SADD', ns .. ':uids', uid)
+  if redis.call('SADD', ns .. ':uids', uid) == 1 then presence('online', nil, nil, uid) end
 end
 return 1
 """,
@@ -571,7 +582,9 @@ _JOIN_GROUP = _write_script(
     """
 local group = ARGV[5]
 redis.call('SADD', ns .. ':cgroups:' .. cid, group)
-redis.call('SADD', ns .. ':group:' .. group, cid)
+if redis.call('SADD', ns .. ':group:' .. group, cid) == 1 then
+  presence('join', group, cid, redis.call('HGET', ckey, 'uid'))
+end
 redis.call('SADD', ns .. ':groups', group)
 return 1
 """,
@@ -581,7 +594,9 @@ return 1
 _LEAVE_GROUP = _write_script(
     "leave_group",
     """
-if redis.call('SREM', ns .. ':cgroups:' .. cid, ARGV[5]) == 1 then leave(cid, ARGV[5]) end
+if redis.call('SREM', ns .. ':cgroups:' .. cid, ARGV[5]) == 1 then
+  leave(cid, ARGV[5], redis.call('HGET', ckey, 'uid'))
+end
 return 1
 """,
     owned=True,
@@ -608,6 +623,7 @@ _RESTORE_CLIENTS = _write_script(
     """
 local gid = ARGV[3]
 if fenced(gid) then return redis.error_reply('WSFABRIC_FENCED ' .. gid) end
+quiet = true  -- a rewrite of the gate's own state is no presence change
 for i = 4, #ARGV do
   local r = cjson.decode(ARGV[i])
   local cid = r.c
@@ -1965,6 +1981,15 @@ class RedisBus:
         return self._service.command.run_script(
             _PUBLISH, (self._prefix + channel, payload), write=True
         ).addCallback(_none)
+
+    def publish_counted(self, channel: str, payload: bytes) -> Deferred[int]:
+        """
+        :meth:`publish`, firing with the number of subscribers that took the
+        message (``wsfabric.rpc`` skips a backend that no longer listens).
+        """
+        return self._service.command.run_script(
+            _PUBLISH, (self._prefix + channel, payload), write=True
+        ).addCallback(int)
 
     def subscribe(self, channel: str, receiver: Receiver) -> ISubscription:
         """

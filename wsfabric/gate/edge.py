@@ -18,8 +18,15 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from wsfabric.errors import ClusterUnavailable, ConfigurationError
+from wsfabric.gate.auth import AUTH_FLAGS, AUTH_PARAMETERS, check_auth_options
 from wsfabric.gate.gate import CLOSE_GOING_AWAY, Gate
+from wsfabric.gate.limits import (  # noqa: F401 (TRUSTED_PROXY_HELP: for the roles' Options)
+    LIMIT_PARAMETERS,
+    TRUSTED_PROXY_HELP,
+    check_limit_options,
+)
 from wsfabric.gate.origins import OriginPolicy
+from wsfabric.gate.tcp import FabricTcpFactory
 from wsfabric.gate.web import EdgeFactory, make_site
 from wsfabric.gate.websocket import EdgeSettings, FabricServerFactory
 from wsfabric.metrics import Metrics
@@ -34,6 +41,13 @@ EDGE_PARAMETERS: list[list[Any]] = [
         "tcp:8080:interface=127.0.0.1",
         "Endpoint for clients (WebSocket and HTTP), e.g. tcp:8080 or "
         "ssl:443:privateKey=key.pem:certKey=cert.pem.",
+    ],
+    [
+        "listen-tcp",
+        None,
+        None,
+        "Endpoint for raw TCP clients (length-prefixed frames, see "
+        "docs/wire-protocol.md), e.g. tcp:9090:interface=127.0.0.1. Default: off.",
     ],
     ["ws-path", None, "/ws", "Path of the WebSocket endpoint."],
     ["static", None, None, "Serve the files of this directory at /."],
@@ -84,15 +98,31 @@ EDGE_PARAMETERS: list[list[Any]] = [
         "shutdown-timeout",
         None,
         5.0,
-        "Seconds to wait on shutdown for clients to finish their close handshake.",
+        "Seconds to wait on shutdown, after the drain window, for clients to "
+        "finish their close handshake.",
         non_negative_float,
     ],
+    [
+        "drain-window",
+        None,
+        5.0,
+        "Seconds over which shutdown spreads closing clients (1001), in batches, "
+        "so that they do not all reconnect elsewhere at once.",
+        non_negative_float,
+    ],
+    *AUTH_PARAMETERS,
+    *LIMIT_PARAMETERS,
 ]
 
 #: Flags of the client listener, for ``optFlags``.
 EDGE_FLAGS: list[list[Any]] = [
     ["compression", None, "Accept permessage-deflate compression from clients."],
+    *AUTH_FLAGS,
 ]
+
+#: Clients closed per batch when shutdown spreads them over the drain
+#: window; a gate with no more clients than this closes them all at once.
+DRAIN_BATCH = 100
 
 ALLOWED_ORIGIN_HELP = (
     "A browser origin allowed to connect, e.g. https://app.example.com "
@@ -109,6 +139,8 @@ def check_edge_options(options: usage.Options) -> None:
     """
     if not options["ws-path"].startswith("/"):
         raise usage.UsageError("--ws-path must start with /")
+    if options["listen-tcp"] is not None and options["listen-tcp"] == options["listen"]:
+        raise usage.UsageError("--listen-tcp must be another endpoint than --listen")
     static = options["static"]
     if static is not None and not os.path.isdir(static):
         raise usage.UsageError(f"--static {static}: no such directory")
@@ -125,6 +157,9 @@ def check_edge_options(options: usage.Options) -> None:
         max_connections=options["max-connections"],
         origins=origins,
         compression=bool(options["compression"]),
+        authenticator=check_auth_options(options),
+        limits=check_limit_options(options),
+        drain_window=options["drain-window"],
     )
 
 
@@ -213,6 +248,15 @@ class GateService(Service):
         self._clock = clock
         self._shutdown_timeout = shutdown_timeout
         self._idle = idle
+        self._transports: list[Any] = [factory]
+
+    def add_transport(self, factory: Any) -> None:
+        """
+        Also wait on shutdown for the connections of another transport
+        (``factory.connections``: protocols with an ``is_closed`` Deferred),
+        e.g. the raw TCP one. The gate closes their clients with the rest.
+        """
+        self._transports.append(factory)
 
     def startService(self) -> None:
         """
@@ -234,27 +278,77 @@ class GateService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Close every client with 1001 and wait for them, at most
+        Close every client with 1001, in batches spread over the drain
+        window, and wait for them, at most the drain window plus
         ``shutdown_timeout`` seconds.
         """
         super().stopService()
         count = len(self.gate)
+        window = self._factory.settings.drain_window
         if count:
             self._log.info("closing {count} clients", count=count)
         closing = [
-            protocol.is_closed for protocol in list(self._factory.connections)
+            protocol.is_closed
+            for transport in self._transports
+            for protocol in list(transport.connections)
         ]
-        removed = self.gate.close_all(CLOSE_GOING_AWAY, "server shutting down", self._clock)
+        if window > 0 and count > DRAIN_BATCH:
+            self._log.info(
+                "spreading the close of {count} clients over {window} s", count=count,
+                window=window,
+            )
+            removed = self.gate.close_all(
+                CLOSE_GOING_AWAY, "server shutting down", self._clock, DRAIN_BATCH, window
+            )
+        else:
+            removed = self.gate.close_all(CLOSE_GOING_AWAY, "server shutting down", self._clock)
         if self._idle is not None:
             # Clients are closed over several reactor turns: once all are
             # (their on_close queued), wait for the application to finish.
             idle = self._idle
             removed.addCallback(lambda _: idle())
-        done = gatherResults([removed, DeferredList(closing)], consumeErrors=True)
-        done.addTimeout(self._shutdown_timeout, self._clock)
+        # consumeErrors: connections still open at the timeout are cancelled;
+        # that is not an error to report.
+        done = gatherResults(
+            [removed, DeferredList(closing, consumeErrors=True)], consumeErrors=True
+        )
+        done.addTimeout(window + self._shutdown_timeout, self._clock)
         done.addErrback(lambda _: None)
         done.addCallback(lambda _: self.gate.stop())
         return done.addCallback(lambda _: None)
+
+
+def make_tcp_listener(
+    options: usage.Options,
+    gate: Gate,
+    metrics: Metrics,
+    reactor: Any,
+    gatekeeper: Any = None,
+) -> tuple[ClientListenerService, FabricTcpFactory] | None:
+    """
+    Build the raw TCP listener of a node (``--listen-tcp``).
+
+    :param options: parsed options with the edge options.
+    :param gate: the gate clients belong to.
+    :param metrics: the node's counters.
+    :param reactor: the reactor.
+    :param gatekeeper: the WebSocket factory's gatekeeper, so that both
+        transports count connections together.
+    :return: the listener service and the TCP factory, or ``None`` without
+        ``--listen-tcp``.
+    :raises SystemExit: if the endpoint is not valid.
+    """
+    description = options["listen-tcp"]
+    if description is None:
+        return None
+    factory = FabricTcpFactory(
+        gate, options["edge-settings"], metrics, reactor, gatekeeper=gatekeeper
+    )
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        fatal(f"--listen-tcp {description}: not a valid endpoint ({e})")
+    return ClientListenerService(description, endpoint, factory, daemonized(options)), factory
 
 
 def make_client_listener(

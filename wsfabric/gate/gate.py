@@ -13,6 +13,7 @@ providers, which the transports implement, and hands client events to an
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from typing import Any
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
@@ -33,8 +34,11 @@ from wsfabric.interfaces import (
 from wsfabric.message import (
     ConnectRequest,
     SharedMessage,
+    SharedVariants,
+    Variants,
     check_info,
     decode_fanout,
+    variant_of,
 )
 from wsfabric.metrics import Metrics
 
@@ -80,13 +84,18 @@ class _LocalClient:
 
     ``backlog`` holds the client's messages until ``on_connect`` has
     finished (its index entry is written first); ``None`` means messages go
-    straight through.
+    straight through. ``variant`` is the form of a
+    :class:`~wsfabric.message.Variants` message it receives, fixed by its
+    handshake.
     """
 
-    __slots__ = ("conn", "uid", "groups", "info", "backlog", "announced", "gone", "held")
+    __slots__ = (
+        "conn", "uid", "groups", "info", "backlog", "announced", "gone", "held", "variant",
+    )
 
-    def __init__(self, conn: IClientConnection) -> None:
+    def __init__(self, conn: IClientConnection, variant: int = 0) -> None:
         self.conn = conn
+        self.variant = variant
         self.uid: str | None = None
         self.groups: set[str] | None = None
         self.info: dict[str, Any] | None = None
@@ -222,11 +231,15 @@ class Gate:
         :return: the new client id.
         """
         client_id = self._issuer.issue()
-        client = _LocalClient(conn)
+        client = _LocalClient(conn, variant_of(request))
         self._clients[client_id] = client
         self._metrics.connection_opened()
         try:
             written = self._index.add_client(self.gate_id, client_id)
+            if request.uid is not None:
+                # Authentication bound a uid: it is in place (and visible to
+                # queries) before on_connect runs, as if bound by the app.
+                written = self._both(written, self.bind_uid(client_id, request.uid))
         except Exception:
             written = fail()
         written.addCallbacks(
@@ -359,11 +372,14 @@ class Gate:
     # -- IGateControl ---------------------------------------------------------
 
     def send_to_clients(
-        self, client_ids: Sequence[str], message: str | bytes
+        self, client_ids: Sequence[str], message: str | bytes | Variants
     ) -> Deferred[None]:
         """
-        Deliver ``message`` to each of ``client_ids`` that this gate holds.
+        Deliver ``message`` to each of ``client_ids`` that this gate holds
+        (for :class:`~wsfabric.message.Variants`, each client gets its form).
         """
+        if type(message) is Variants:
+            return self._send_variants(client_ids, message)
         if len(client_ids) == 1:
             client = self._clients.get(client_ids[0])
             if client is not None:
@@ -376,6 +392,23 @@ class Gate:
             client = self._clients.get(client_id)
             if client is not None:
                 client.conn.deliver_shared(shared)
+                count += 1
+        self._metrics.delivered(count)
+        return succeed(None)
+
+    def _send_variants(self, client_ids: Sequence[str], variants: Variants) -> Deferred[None]:
+        if len(client_ids) == 1:
+            client = self._clients.get(client_ids[0])
+            if client is not None:
+                client.conn.deliver(variants.messages[client.variant])
+                self._metrics.delivered(1)
+            return succeed(None)
+        shared = SharedVariants(variants).shared
+        count = 0
+        for client_id in client_ids:
+            client = self._clients.get(client_id)
+            if client is not None:
+                client.conn.deliver_shared(shared[client.variant])
                 count += 1
         self._metrics.delivered(count)
         return succeed(None)
@@ -502,7 +535,12 @@ class Gate:
             client.conn.resume_reading()
 
     def close_all(
-        self, code: int, reason: str, clock: Any = None, per_turn: int = 500
+        self,
+        code: int,
+        reason: str,
+        clock: Any = None,
+        per_turn: int = 500,
+        window: float = 0.0,
     ) -> Deferred[None]:
         """
         Close every client (used when the gate shuts down); fires once the
@@ -512,19 +550,28 @@ class Gate:
             reactor turn: with thousands of clients, one long loop would
             leave their close handshakes and the index's replies unread
             until their timeouts had passed.
+        :param window: with ``clock``, seconds over which the batches of
+            ``per_turn`` clients are spread evenly (the first at once, the
+            last at ``window * (n - 1) / n`` for n batches), so that the
+            clients of a gate being restarted do not all reconnect to the
+            other gates at the same moment.
         """
         removed: list[Deferred[None]] = []
         done: Deferred[None] = Deferred()
+        interval = 0.0
+        if clock is not None and window > 0 and len(self._clients) > per_turn:
+            interval = window / -(-len(self._clients) // per_turn)
 
         def close_some() -> None:
-            clients = list(self._clients.items())
             if clock is not None:
-                clients = clients[:per_turn]
+                clients = list(islice(self._clients.items(), per_turn))
+            else:
+                clients = list(self._clients.items())
             for client_id, client in clients:
                 removed.append(self._drop(client_id, client, announce=True))
                 client.conn.close(code, reason)
             if clock is not None and self._clients:
-                clock.callLater(0, close_some)
+                clock.callLater(interval, close_some)
                 return
             gatherResults(removed, consumeErrors=True).addCallback(_none).chainDeferred(done)
 
@@ -598,12 +645,24 @@ class Gate:
             return
         clients = self._clients
         count = 0
+        if type(shared) is SharedVariants:
+            # Each client gets the form of its codec, framed once per form.
+            forms = shared.shared
+            for client_id in tuple(targets):
+                if exclude and client_id in exclude:
+                    continue
+                client = clients.get(client_id)
+                if client is not None:
+                    client.conn.deliver_shared(forms[client.variant])
+                    count += 1
+            self._metrics.delivered(count)
+            return
         for client_id in tuple(targets):
             if exclude and client_id in exclude:
                 continue
             client = clients.get(client_id)
             if client is not None:
-                client.conn.deliver_shared(shared)
+                client.conn.deliver_shared(shared)  # type: ignore[arg-type]
                 count += 1
         self._metrics.delivered(count)
 

@@ -31,15 +31,22 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from wsfabric.admin.gatefabric import gate_fabric
+from wsfabric.admin.node import AdminNode
+from wsfabric.admin.options import admin_parameters, check_admin_options
+from wsfabric.admin.service import make_admin_service
 from wsfabric.cluster.options import CLUSTER_PARAMETERS, check_cluster_options
 from wsfabric.gate.backends import BackendDiscovery, BackendPool, LinkSettings
+from wsfabric.gate.control import GateControlService
 from wsfabric.gate.edge import (
     ALLOWED_ORIGIN_HELP,
     EDGE_FLAGS,
     EDGE_PARAMETERS,
+    TRUSTED_PROXY_HELP,
     GateService,
     check_edge_options,
     make_client_listener,
+    make_tcp_listener,
 )
 from wsfabric.gate.gate import Gate
 from wsfabric.ids import new_gate_id
@@ -59,14 +66,22 @@ class Options(WsfabricOptions):
         "Run a wsfabric gate: hold client connections, route their events to "
         "backends over AMP, and deliver fan-out that arrives over Redis."
     )
-    optParameters = WsfabricOptions.optParameters + EDGE_PARAMETERS + CLUSTER_PARAMETERS
+    optParameters = (
+        WsfabricOptions.optParameters + EDGE_PARAMETERS + CLUSTER_PARAMETERS
+        + admin_parameters("gate")
+    )
     optFlags = EDGE_FLAGS
-    repeatable = ("allowed-origin", "backend")
+    repeatable = ("allowed-origin", "backend", "trusted-proxy")
 
     def opt_allowed_origin(self, origin: str) -> None:  # noqa: D102 (set below)
         self.append("allowed-origin", origin)
 
     opt_allowed_origin.__doc__ = ALLOWED_ORIGIN_HELP
+
+    def opt_trusted_proxy(self, proxy: str) -> None:  # noqa: D102 (set below)
+        self.append("trusted-proxy", proxy)
+
+    opt_trusted_proxy.__doc__ = TRUSTED_PROXY_HELP
 
     def opt_backend(self, endpoint: str) -> None:
         """
@@ -81,6 +96,7 @@ class Options(WsfabricOptions):
         super().postOptions()
         check_edge_options(self)
         check_cluster_options(self)
+        check_admin_options(self, "gate")
 
 
 class GateMembership(Service):
@@ -293,16 +309,37 @@ def make_service(options: Options, reactor: Any) -> NodeService:
     # Accept clients once Redis answers (or after 5 s, when they get a clear
     # 1011 rather than a hang).
     listener.accept_when(redis.when_connected(timeout=5.0))
+    tcp = make_tcp_listener(options, gate, metrics, reactor, factory.gatekeeper)
+    if tcp is not None:
+        tcp[0].accept_when(redis.when_connected(timeout=5.0))
 
     root = ClusterNodeService(reactor, options["redis"], check_reachable, daemonized(options))
     root.gate = gate  # type: ignore[attr-defined]
     root.metrics = metrics  # type: ignore[attr-defined]
     root.redis = redis  # type: ignore[attr-defined]
+    root.pool = pool  # type: ignore[attr-defined]
+    # First: it starts first and stops last, so health answers while draining.
+    admin = make_admin_service(
+        options,
+        AdminNode("gate", lambda: gate.gate_id, metrics, root,
+                  fabric=gate_fabric(gate, redis.index, redis.bus),
+                  redis=redis, pool=pool, gate=gate),
+        reactor,
+        daemonized(options),
+    )
+    if admin is not None:
+        admin.setServiceParent(root)
     redis.setServiceParent(root)
     GateMembership(gate, redis, pool, reactor).setServiceParent(root)
+    # Per-client commands from outside processes (wsfabric.connect).
+    GateControlService(reactor, redis.bus, gate, options["secret"]).setServiceParent(root)
     discovery.setServiceParent(root)
-    GateService(gate, factory, reactor, options["shutdown-timeout"]).setServiceParent(root)
+    gate_service = GateService(gate, factory, reactor, options["shutdown-timeout"])
+    gate_service.setServiceParent(root)
     listener.setServiceParent(root)
+    if tcp is not None:
+        gate_service.add_transport(tcp[1])
+        tcp[0].setServiceParent(root)
     return root
 
 

@@ -13,9 +13,11 @@ whose queue goes over the bound has stopped reading; it is closed with 1008
 
 from __future__ import annotations
 
+import json
 import struct
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from http import HTTPStatus
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -23,7 +25,10 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from wsfabric.errors import AuthenticationFailed, LimitExceeded
+from wsfabric.gate.auth import CLOSE_TOKEN_EXPIRED, Gatekeeper, Identity, without_credentials
 from wsfabric.gate.gate import CLOSE_INTERNAL_ERROR, CLOSE_POLICY, Gate
+from wsfabric.gate.limits import LimitSettings
 from wsfabric.gate.origins import OriginPolicy
 from wsfabric.interfaces import IClientConnection
 from wsfabric.message import ConnectRequest, SharedMessage
@@ -38,8 +43,21 @@ _SMALL = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LARGE = struct.Struct("!BBQ")
 
+# The ``code`` of the JSON body of a refused handshake, by HTTP status.
+_HTTP_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    429: "too_many_connections",
+    500: "internal",
+    503: "unavailable",
+}
+
 #: Marks a close queued behind messages that are still waiting to go out.
 _CLOSE_MARK = object()
+
+#: The WebSocket subprotocols accepted: the codecs of wsfabric.routing.
+SUBPROTOCOLS = ("wsfabric.json", "wsfabric.proto")
 
 
 def frame(payload: bytes, is_binary: bool) -> bytes:
@@ -84,6 +102,10 @@ class EdgeSettings:
         the handshake gets HTTP 503.
     :ivar origins: the allowed browser origins.
     :ivar compression: whether permessage-deflate is accepted.
+    :ivar authenticator: who clients are (``None``: all anonymous).
+    :ivar limits: per-address and per-uid caps and the message rate.
+    :ivar drain_window: seconds over which a gate shutting down spreads the
+        closing of its clients.
     """
 
     max_message_size: int = 1048576
@@ -94,6 +116,9 @@ class EdgeSettings:
     max_connections: int = 50000
     origins: OriginPolicy = field(default_factory=OriginPolicy)
     compression: bool = False
+    authenticator: Any = None
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    drain_window: float = 0.0
 
 
 @implementer(IClientConnection)
@@ -110,6 +135,12 @@ class FabricServerProtocol(WebSocketServerProtocol):
     _paused = False
     _outbound: deque[tuple[Any, int]] | None = None
     _outbound_bytes = 0
+    # Set when a gatekeeper is configured: the connection's place in the
+    # connection caps, its rate limiter, and its credentials' watcher.
+    _ticket: Any = None
+    _identity: Identity | None = None
+    _bucket: Any = None
+    _lifetime: Any = None
 
     # -- Twisted and Autobahn callbacks ----------------------------------------------
 
@@ -126,9 +157,13 @@ class FabricServerProtocol(WebSocketServerProtocol):
         Forget the connection.
         """
         self.factory.connections.discard(self)
+        if self._ticket is not None:
+            self._ticket.release()
+        if self._lifetime is not None:
+            self._lifetime.stop()
         super().connectionLost(reason)
 
-    def onConnect(self, request: Any) -> None:
+    def onConnect(self, request: Any) -> Any:
         """
         Check the handshake and keep what the application will see of it.
         """
@@ -139,13 +174,87 @@ class FabricServerProtocol(WebSocketServerProtocol):
         ):
             factory.metrics.dropped("origin")
             raise ConnectionDeny(403, "origin not allowed")
+        # The first offered subprotocol we speak (the routing codecs); a
+        # client that offers none of them connects without one.
+        subprotocol = next((p for p in request.protocols if p in SUBPROTOCOLS), None)
         self._request = ConnectRequest(
             peer=request.peer,
             path=request.path,
             params={name: values[0] for name, values in request.params.items() if values},
             headers=dict(headers),
+            subprotocol=subprotocol,
         )
-        return None
+        if factory.gatekeeper is not None:
+            return self._admit(factory.gatekeeper, subprotocol)
+        return subprotocol
+
+    def _admit(self, gatekeeper: Gatekeeper, accepted: Any) -> Any:
+        """
+        Apply the connection caps and authenticate the client.
+
+        :param accepted: what ``onConnect`` answers once the client is
+            admitted (the subprotocol).
+        :return: a Deferred of ``accepted`` (fired at once unless a custom
+            authenticator is asynchronous), failing with ``ConnectionDeny``
+            (401, 429) if the client is refused.
+        """
+        request = self._request
+        assert request is not None
+        peer = self.transport.getPeer()
+        address = gatekeeper.client_address(
+            getattr(peer, "host", None) or "unix", request.headers
+        )
+        try:
+            ticket = self._ticket = gatekeeper.admit(address)
+        except LimitExceeded as e:
+            raise ConnectionDeny(429, e.reason) from None
+
+        def admitted(identity: Identity) -> Any:
+            headers, params = without_credentials(request.headers, request.params)
+            if gatekeeper.authenticator is not None:
+                # The token stays out of what the application sees.
+                self._request = replace(
+                    request, headers=headers, params=params, uid=identity.uid,
+                    claims=identity.claims,
+                )
+            self._identity = identity
+            self._bucket = gatekeeper.bucket()
+            return accepted
+
+        def refused(failure: Any) -> None:
+            if failure.check(AuthenticationFailed):
+                raise ConnectionDeny(401, str(failure.value))
+            if failure.check(LimitExceeded):
+                raise ConnectionDeny(429, failure.value.reason)
+            self._log.failure("authenticating a client failed", failure)
+            raise ConnectionDeny(500, "internal error")
+
+        return gatekeeper.authenticate(ticket, request.headers, request.params).addCallbacks(
+            admitted, refused
+        )
+
+    def sendHttpErrorResponse(
+        self, code: int, reason: str, responseHeaders: Any = None
+    ) -> None:
+        """
+        Answer a refused handshake with a JSON body:
+        ``{"error": {"code": "unauthorized", "message": reason}}``.
+        """
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        body = json.dumps(
+            {"error": {"code": _HTTP_ERROR_CODES.get(code, "refused"), "message": reason}}
+        ).encode("utf-8")
+        head = [
+            f"HTTP/1.1 {code} {phrase}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        head.extend(f"{name}: {value}" for name, value in responseHeaders or ())
+        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + body)
 
     def onOpen(self) -> None:
         """
@@ -157,6 +266,9 @@ class FabricServerProtocol(WebSocketServerProtocol):
         try:
             self.transport.registerProducer(self, True)
             self.client_id = self.factory.gate.client_opened(self, self._request)
+            gatekeeper = self.factory.gatekeeper
+            if gatekeeper is not None and self._identity is not None:
+                self._lifetime = gatekeeper.lifetime(self._identity, self._token_expired)
         except Exception:
             self._log.failure("could not open a client connection")
             self.sendCloseFrame(CLOSE_INTERNAL_ERROR, b"internal error", isReply=False)
@@ -166,8 +278,30 @@ class FabricServerProtocol(WebSocketServerProtocol):
         A message from the client: text as ``str``, binary as ``bytes``.
         """
         if self.client_id is not None:
+            if self._bucket is not None and not self._bucket.take():
+                self._rate_limited()
+                return
+            if (
+                self._lifetime is not None
+                and not isBinary
+                and self._lifetime.handle(payload, self.deliver)
+            ):
+                return
             self.factory.gate.client_message(
                 self.client_id, payload if isBinary else payload.decode("utf-8")
+            )
+
+    def _rate_limited(self) -> None:
+        self._bucket = None
+        self.factory.gatekeeper.rate_limited()
+        # The gate forgets the client at once (later messages are dropped);
+        # its close comes back here.
+        self.factory.gate.close_client(self.client_id, CLOSE_POLICY, "rate limit")
+
+    def _token_expired(self) -> None:
+        if self.client_id is not None:
+            self.factory.gate.close_client(
+                self.client_id, CLOSE_TOKEN_EXPIRED, "token expired"
             )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -334,13 +468,21 @@ class FabricServerFactory(WebSocketServerFactory):
     :param settings: limits and policies.
     :param metrics: the counters to update.
     :param reactor: the reactor Autobahn schedules its timers on.
+    :param gatekeeper: authentication and connection limits, shared with
+        the node's other transports; by default one is made from
+        ``settings`` if they configure authentication or a limit.
     """
 
     protocol = FabricServerProtocol
     noisy = False
 
     def __init__(
-        self, gate: Gate, settings: EdgeSettings, metrics: Metrics, reactor: Any
+        self,
+        gate: Gate,
+        settings: EdgeSettings,
+        metrics: Metrics,
+        reactor: Any,
+        gatekeeper: Gatekeeper | None = None,
     ) -> None:
         # No Server header: there is no need to tell the world which versions
         # run here.
@@ -350,6 +492,10 @@ class FabricServerFactory(WebSocketServerFactory):
         self.gate = gate
         self.settings = settings
         self.metrics = metrics
+        if gatekeeper is None:
+            gatekeeper = make_gatekeeper(settings, metrics, reactor)
+        #: Authentication and limits, or ``None`` when nothing is configured.
+        self.gatekeeper = gatekeeper
         #: The open connections (handshaking or open).
         self.connections: set[FabricServerProtocol] = set()
         options: dict[str, Any] = dict(
@@ -385,3 +531,15 @@ def _accept_deflate(offers: list[Any]) -> Any:
         if isinstance(offer, PerMessageDeflateOffer):
             return PerMessageDeflateOfferAccept(offer)
     return None
+
+
+def make_gatekeeper(settings: EdgeSettings, metrics: Metrics, clock: Any) -> Gatekeeper | None:
+    """
+    :return: the gatekeeper that ``settings`` call for, or ``None`` when
+        they configure no authentication and no limit (the handshake then
+        costs nothing more).
+    """
+    limits = settings.limits
+    if settings.authenticator is None and not limits.any_connection_cap and not limits.rate:
+        return None
+    return Gatekeeper(settings.authenticator, limits, clock, metrics)

@@ -91,6 +91,9 @@ class Process:
         ``None``).
     """
 
+    #: The port of the node's admin listener (set by the node classes below).
+    admin_port = 0
+
     def __init__(
         self,
         name: str,
@@ -123,6 +126,14 @@ class Process:
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         return self
+
+    @property
+    def admin_url(self) -> str:
+        """
+        The HTTP URL of the node's admin listener (nodes started by the
+        classes below listen on a free ``admin_port``).
+        """
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def pid(self) -> int:
@@ -225,7 +236,12 @@ class StandaloneNode(Process):
     :param app: the ``--app`` value.
     :param options: further options (e.g. ``["--static", "dir"]``).
     :param cwd: the working directory (the ``--app`` module is found there).
+    :param tcp: also listen for raw TCP clients (``--listen-tcp``) on a free
+        ``tcp_port``.
     """
+
+    #: The ``--listen-tcp`` port, or 0.
+    tcp_port = 0
 
     def __init__(
         self,
@@ -235,8 +251,13 @@ class StandaloneNode(Process):
         env: dict[str, str] | None = None,
         name: str = "standalone",
         log_dir: str | None = None,
+        tcp: bool = False,
     ) -> None:
         self.port = free_port()
+        self.admin_port = free_port()
+        if tcp:
+            self.tcp_port = free_port()
+            options = ["--listen-tcp", f"tcp:{self.tcp_port}:interface=127.0.0.1", *options]
         argv = [
             *twistd_command(),
             "-n",
@@ -246,6 +267,8 @@ class StandaloneNode(Process):
             app,
             "--listen",
             f"tcp:{self.port}:interface=127.0.0.1",
+            "--admin",
+            f"tcp:{self.admin_port}:interface=127.0.0.1",
             *options,
         ]
         super().__init__(name, argv, cwd=cwd, env=env, log_dir=log_dir)
@@ -270,6 +293,8 @@ class StandaloneNode(Process):
         """
         super().start()
         wait_for_port(self.port, timeout, process=self)
+        if self.tcp_port:
+            wait_for_port(self.tcp_port, timeout, process=self)
         return self
 
 
@@ -280,7 +305,12 @@ class GateNode(Process):
     :param redis_url: the cluster's Redis.
     :param secret: the cluster secret.
     :param options: further options.
+    :param tcp: also listen for raw TCP clients (``--listen-tcp``) on a free
+        ``tcp_port``.
     """
+
+    #: The ``--listen-tcp`` port, or 0.
+    tcp_port = 0
 
     def __init__(
         self,
@@ -291,12 +321,18 @@ class GateNode(Process):
         env: dict[str, str] | None = None,
         name: str = "gate",
         log_dir: str | None = None,
+        tcp: bool = False,
     ) -> None:
         self.port = free_port()
+        self.admin_port = free_port()
+        if tcp:
+            self.tcp_port = free_port()
+            options = ["--listen-tcp", f"tcp:{self.tcp_port}:interface=127.0.0.1", *options]
         argv = [
             *twistd_command(), "-n", "--pidfile=", "wsfabric-gate",
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
             "--redis", redis_url,
+            "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1",
             *options,
         ]
         super().__init__(name, argv, cwd=cwd,
@@ -316,6 +352,8 @@ class GateNode(Process):
         """
         super().start()
         wait_for_port(self.port, timeout, process=self)
+        if self.tcp_port:
+            wait_for_port(self.tcp_port, timeout, process=self)
         return self
 
     def backends_ready(self) -> int:
@@ -356,11 +394,13 @@ class BackendNode(Process):
         log_dir: str | None = None,
     ) -> None:
         self.port = free_port()
+        self.admin_port = free_port()
         argv = [
             *twistd_command(), "-n", "--pidfile=", "wsfabric-backend",
             "--app", app,
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
             "--redis", redis_url,
+            "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1",
             *options,
         ]
         super().__init__(name, argv, cwd=cwd,
@@ -389,6 +429,7 @@ class Cluster:
     :param gate_options: extra options for every gate.
     :param backend_options: extra options for every backend.
     :param secret: the cluster secret.
+    :param tcp: gates also listen for raw TCP clients (``GateNode.tcp_port``).
     """
 
     def __init__(
@@ -401,9 +442,11 @@ class Cluster:
         backend_options: Sequence[str] = (),
         secret: str = "test-cluster-secret",
         log_dir: str | None = None,
+        tcp: bool = False,
     ) -> None:
         from wsfabric.testing.redis import RedisServer
 
+        self.tcp = tcp
         self.app = app
         self.cwd = cwd
         self.secret = secret
@@ -458,6 +501,7 @@ class Cluster:
         gate = GateNode(
             self.redis.url, self.secret, [*self.gate_options, *options],
             cwd=self.cwd, name=f"gate{len(self.gates)}", log_dir=self.log_dir,
+            tcp=self.tcp,
         ).start()
         self.gates.append(gate)
         return gate
