@@ -1091,11 +1091,14 @@ def derive_figures(result: dict[str, Any], before: Sample, events: Events) -> di
         after = events.rss_after_open
         out["rss_before_kib"] = before.holder_rss // 1024
         out["rss_after_kib"] = after.holder_rss // 1024
-        out["rss_kib_per_conn"] = round((after.holder_rss - before.holder_rss) / 1024 / opened, 2)
-        out["rss_kib_per_conn_all"] = round((after.server_rss - before.server_rss) / 1024 / opened, 2)
+        def per_conn(grown: int) -> float:
+            return round(grown / 1024 / opened, 2)
+
+        out["rss_kib_per_conn"] = per_conn(after.holder_rss - before.holder_rss)
+        out["rss_kib_per_conn_all"] = per_conn(after.server_rss - before.server_rss)
         out["rss_kib_per_conn_by_role"] = {
-            role: round((after.rss_by_role[role] - before.rss_by_role.get(role, 0)) / 1024 / opened, 2)
-            for role in after.rss_by_role
+            role: per_conn(rss - before.rss_by_role.get(role, 0))
+            for role, rss in after.rss_by_role.items()
         }
         hold_end = events.samples.get("hold_end")
         if hold_end is not None:
@@ -1132,6 +1135,16 @@ SUMMARY_FIGURES = (
     "units_per_server_cpu_s",
     "handshake_total_s",
     "delivery_ratio",
+    "latency_p50_us",
+    "latency_p99_us",
+    "holder_cpu_pct",
+    "units_per_holder_cpu_s",
+    "rss_kib_per_conn",
+    "rss_kib_per_conn_all",
+    "rss_after_kib",
+    "rss_growth_during_hold_kib",
+    "errors_during_hold",
+    "conns_opened",
 )
 # Per-process figures of multi-process servers (role -> value dicts in a run).
 ROLE_FIGURES = ("server_cpu_pct_by_role", "server_cpu_us_per_unit_by_role")

@@ -274,6 +274,13 @@ static struct {
     double deadline;
     int wait_first, binary, close_rst, quiet, write_per_msg;
     const char *prefix, *suffix, *hello;
+    /* --subprotocol: offered in Sec-WebSocket-Protocol, and the server must
+     * select it (a routed-message codec is chosen this way) */
+    const char *subprotocol;
+    /* --payload-file: the message body, read once (a protobuf envelope, say);
+     * its first '@' + 16 hex digits is where each send's stamp goes */
+    char *payload;
+    size_t payload_len;
     /* --bind: connection i uses source address binds[i % nbinds], so more
      * than one address's worth of ephemeral ports can reach one server */
     struct sockaddr_in binds[MAX_BINDS];
@@ -468,7 +475,7 @@ static void build_frame_template(void)
 {
     size_t pre = O.prefix ? strlen(O.prefix) : 0;
     size_t suf = O.suffix ? strlen(O.suffix) : 0;
-    size_t body = (size_t)O.size;
+    size_t body = O.payload ? O.payload_len : (size_t)O.size;
     size_t n = pre + body + suf;
     size_t h = n < 126 ? 6 : (n < 65536 ? 8 : 14);
     G.frame_tpl = malloc(h + n);
@@ -490,6 +497,24 @@ static void build_frame_template(void)
     i += 4;
     memcpy(f + i, O.prefix ? O.prefix : "", pre);
     i += pre;
+    if (O.payload) {
+        /* verbatim; the stamp goes where the file has its '@' + 16 hex */
+        memcpy(f + i, O.payload, body);
+        const char *at = NULL;
+        uint64_t ignored;
+        for (const char *q = O.payload; q < O.payload + body; q++)
+            if (*q == '@' && find_ts(q, body - (size_t)(q - O.payload), &ignored) &&
+                (size_t)(q - O.payload) + 17 <= body) {
+                at = q;
+                break;
+            }
+        if (!at) usage_error("--payload-file must hold '@' followed by 16 hex digits");
+        G.ts_off = i + (size_t)(at - O.payload) + 1;
+        i += body;
+        memcpy(f + i, O.suffix ? O.suffix : "", suf);
+        G.frame_len = i + suf;
+        return;
+    }
     f[i] = '@';
     G.ts_off = i + 1;
     memset(f + i + 1, '0', 16);
@@ -683,6 +708,22 @@ static long parse_handshake(conn_t *c, const char *p, size_t len, int64_t now)
         /* wrong accept, or an extension we never offered */
         conn_fail(c, E_HANDSHAKE, now);
         return -1;
+    }
+    if (O.subprotocol) {
+        /* the server must select what we offered, or the codec differs */
+        const char *sp = strstr(low, "\r\nsec-websocket-protocol:");
+        if (!sp) {
+            conn_fail(c, E_HANDSHAKE, now);
+            return -1;
+        }
+        const char *sv = p + (sp - low) + strlen("\r\nsec-websocket-protocol:");
+        while (*sv == ' ' || *sv == '\t') sv++;
+        size_t sl = strlen(O.subprotocol);
+        if (strncmp(sv, O.subprotocol, sl) != 0 ||
+            (sv[sl] != '\r' && sv[sl] != ' ' && sv[sl] != '\t')) {
+            conn_fail(c, E_HANDSHAKE, now);
+            return -1;
+        }
     }
     c->state = CS_OPEN;
     c->timeout_at = 0;
@@ -1241,7 +1282,8 @@ static void print_result(int64_t t_end)
     }
     jint("conns", O.conns);
     jint("conns_opened", (long long)G.hs.count);
-    jint("size", O.size);
+    jint("size", O.payload ? (long long)O.payload_len : O.size);
+    if (O.subprotocol) jstr("subprotocol", O.subprotocol);
     jnum("warmup_s", O.warmup);
     jnum("duration_s", win);
     jnum("wall_s", (double)(t_end - G.t_start) / 1e9);
@@ -1388,6 +1430,9 @@ static void build_handshake(target_t *t)
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n",
                      t->path, t->host_hdr, WS_KEY);
+    if (O.subprotocol && n > 0 && (size_t)n < sizeof t->hs_req)
+        n += snprintf(t->hs_req + n, sizeof t->hs_req - (size_t)n,
+                      "Sec-WebSocket-Protocol: %s\r\n", O.subprotocol);
     for (int i = 0; i < O.nheaders && n > 0 && (size_t)n < sizeof t->hs_req; i++)
         n += snprintf(t->hs_req + n, sizeof t->hs_req - (size_t)n, "%s\r\n", O.headers[i]);
     if (n > 0 && (size_t)n < sizeof t->hs_req)
@@ -1446,6 +1491,11 @@ static void usage(void)
         "      --bind ADDR        source address 127.x.y.z (repeatable, up to 64):\n"
         "                         connection i binds to ADDR i mod n\n"
         "      --binary           send binary frames instead of text\n"
+        "      --payload-file F   message body read from F verbatim (-s, --prefix\n"
+        "                         and --suffix do not apply); the stamp overwrites\n"
+        "                         its first '@' + 16 hex digits, which it must hold\n"
+        "      --subprotocol NAME offer Sec-WebSocket-Protocol NAME; the server\n"
+        "                         must select it\n"
         "  -H, --header 'K: V'    extra handshake header (repeatable)\n"
         "      --connect-timeout S  per handshake (and connrate first message) [10]\n"
         "      --open-timeout S   whole connection phase [120]\n"
@@ -1490,7 +1540,7 @@ static void parse_args(int argc, char **argv)
     enum { OPT_WARMUP = 1000, OPT_PUBWIN, OPT_PUBINT, OPT_HOLD, OPT_WAITFIRST,
            OPT_CLOSE, OPT_PREFIX, OPT_SUFFIX, OPT_BINARY, OPT_CTO, OPT_OTO,
            OPT_DTO, OPT_CLTO, OPT_DEADLINE, OPT_MAXMSGS, OPT_MAXCYC, OPT_QUIET,
-           OPT_URL, OPT_WPM, OPT_HELLO, OPT_BIND };
+           OPT_URL, OPT_WPM, OPT_HELLO, OPT_BIND, OPT_PAYLOAD, OPT_SUBPROTO };
     static const struct option lo[] = {
         {"url", required_argument, 0, OPT_URL},
         {"conns", required_argument, 0, 'c'},
@@ -1520,6 +1570,8 @@ static void parse_args(int argc, char **argv)
         {"write-per-msg", no_argument, 0, OPT_WPM},
         {"hello", required_argument, 0, OPT_HELLO},
         {"bind", required_argument, 0, OPT_BIND},
+        {"payload-file", required_argument, 0, OPT_PAYLOAD},
+        {"subprotocol", required_argument, 0, OPT_SUBPROTO},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     optind = 2;
@@ -1578,6 +1630,23 @@ static void parse_args(int argc, char **argv)
             O.nbinds++;
             break;
         }
+        case OPT_PAYLOAD: {
+            FILE *pf = fopen(optarg, "rb");
+            if (!pf) usage_error("--payload-file cannot be read");
+            O.payload = malloc(MAX_MSG_SIZE + 1);
+            if (!O.payload) die("out of memory");
+            O.payload_len = fread(O.payload, 1, MAX_MSG_SIZE + 1, pf);
+            fclose(pf);
+            if (O.payload_len < 17 || O.payload_len > MAX_MSG_SIZE)
+                usage_error("--payload-file must hold 17..1048576 bytes");
+            break;
+        }
+        case OPT_SUBPROTO:
+            /* an RFC 6455 token: printable, no separators */
+            if (!*optarg || strlen(optarg) > 128 || strpbrk(optarg, " \t\r\n\",;()<>@:/[]?={}\\"))
+                usage_error("--subprotocol must be a token (no spaces or separators)");
+            O.subprotocol = optarg;
+            break;
         case 'h': usage(); exit(0);
         default: usage_error("bad option");
         }
@@ -1600,6 +1669,8 @@ static void parse_args(int argc, char **argv)
         usage_error("timeouts must be positive");
     if (O.max_msgs < 1 || O.max_cycles < 1) usage_error("count bounds must be >= 1");
     if (O.close_rst && O.mode != M_CONNRATE) usage_error("--close rst is for connrate");
+    if (O.payload && (O.prefix || O.suffix))
+        usage_error("--payload-file excludes --prefix and --suffix");
 }
 
 int main(int argc, char **argv)
