@@ -5,10 +5,11 @@ limits and close codes, the bounded outbound queue, shutdown.
 
 from __future__ import annotations
 
+from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet.testing import StringTransport as _StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.edge import EdgeHarness
+from tests.unit.edge import EdgeHarness, RecordingClient
 from wsfabric.errors import Reject
 from wsfabric.gate.origins import OriginPolicy
 from wsfabric.gate.websocket import frame
@@ -87,6 +88,22 @@ class HandshakeTests(SynchronousTestCase):
             b"Origin: https://evil.example.com\r\n\r\n"
         )
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 403"))
+
+    def test_protocol_takes_the_factory_options(self) -> None:
+        """
+        A new connection carries every Autobahn protocol option of its
+        factory (copied by wsfabric, not by Autobahn's debug-logging loop),
+        and Autobahn is given no option list to format.
+        """
+        factory = EdgeHarness(self).factory
+        factory.setProtocolOptions(maxMessagePayloadSize=4321, openHandshakeTimeout=7)
+        server = factory.buildProtocol(None)
+        server.makeConnection(StringTransport())
+        self.assertEqual(server.CONFIG_ATTRS, ())
+        self.assertEqual(server.maxMessagePayloadSize, 4321)
+        self.assertEqual(server.openHandshakeTimeout, 7)
+        for name in server._OPTION_NAMES:
+            self.assertEqual(getattr(server, name), getattr(factory, name), name)
 
     def test_reject_closes_with_code(self) -> None:
         """
@@ -228,6 +245,28 @@ class ShutdownTests(SynchronousTestCase):
         self.assertEqual([c.close_code for c in clients], [1001] * 3)
         self.assertEqual(self.successResultOf(edge.fabric.get_all_client_count()), 0)
         self.assertEqual([e[0] for e in edge.app.events].count("close"), 3)
+
+    def test_handshake_finishing_during_stop_gets_1001(self) -> None:
+        """
+        A client whose handshake is still under way when the gate stops is
+        closed with 1001 as soon as it opens, not left for the process exit
+        to cut (1006), and never joins the gate.
+        """
+        edge = EdgeHarness(self)
+        service = edge.service()
+        service.startService()
+        factory = WebSocketClientFactory("ws://127.0.0.1:8080/ws", reactor=edge.clock)
+        factory.protocol = RecordingClient
+        client = factory.buildProtocol(None)
+        edge.raw(client)  # connected, handshake not yet exchanged
+        stopped = service.stopService()
+        edge.flush()
+        edge.clock.advance(1)
+        edge.flush()
+        self.successResultOf(stopped)
+        self.assertEqual(client.close_code, 1001)
+        self.assertEqual(len(edge.gate), 0)
+        self.assertNotIn("connect", [e[0] for e in edge.app.events])
 
     def test_stop_is_bounded(self) -> None:
         """

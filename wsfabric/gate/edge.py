@@ -283,6 +283,7 @@ class GateService(Service):
         ``shutdown_timeout`` seconds.
         """
         super().stopService()
+        self._factory.draining = True
         count = len(self.gate)
         window = self._factory.settings.drain_window
         if count:
