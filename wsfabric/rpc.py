@@ -262,11 +262,7 @@ class AppHandler:
 
     def _route(self, route: str) -> Any:
         find = getattr(self.app, "route_handler", None)
-        if callable(find):
-            return find(route)
-        # Routers older than route_handler(): their registry, by name.
-        handlers = getattr(self.app, "_handlers", None)
-        return handlers.get(route) if isinstance(handlers, dict) else None
+        return find(route) if callable(find) else None
 
     def handle(self, route: str, data: Any) -> Deferred[Any]:
         """

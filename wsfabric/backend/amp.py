@@ -70,6 +70,8 @@ class BackendContext:
     :param metrics: the backend's counters.
     :param call_timeout: seconds a call to a gate may take.
     :param max_in_flight: calls to one gate that may wait at once.
+    :param client_events: whether this backend wants its clients' connect
+        and close events although its service is not ``default``.
     """
 
     def __init__(
@@ -82,9 +84,11 @@ class BackendContext:
         metrics: Metrics,
         call_timeout: float = 10.0,
         max_in_flight: int = 10000,
+        client_events: bool = False,
     ) -> None:
         self.backend_id = backend_id
         self.service = service
+        self.client_events = client_events
         self.secret = secret
         self.dispatcher = dispatcher
         self.clock = clock
@@ -138,7 +142,8 @@ class GateConnection(amp.AMP):
         self._nonce: bytes | None = None
         self._deliveries = Batcher(context.clock, DeliveryBatch, self._send_deliveries)
         self._caller = RemoteCaller(
-            self, context.clock, context.call_timeout, context.max_in_flight, "gate"
+            self, context.clock, context.call_timeout, context.max_in_flight, "gate",
+            metrics=context.metrics,
         )
 
     # -- AMP plumbing --------------------------------------------------------------
@@ -218,6 +223,7 @@ class GateConnection(amp.AMP):
         return {
             "backend_id": context.backend_id,
             "service": context.service,
+            "client_events": context.client_events,
             "proof": _proof(context.secret, b"backend", nonce, self._nonce, context.backend_id),
         }
 

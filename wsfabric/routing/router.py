@@ -82,7 +82,15 @@ def _check_request_type(request: object) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Handler:
+class RouteHandler:
+    """
+    A registered route, as :meth:`Router.route_handler` returns it.
+
+    :ivar name: the route name.
+    :ivar function: called as ``function(client_id, data)``.
+    :ivar request: the declared protobuf request type, or ``None``.
+    """
+
     name: str
     function: Callable[[str, Any], Any]
     request: type[Message] | None
@@ -118,7 +126,7 @@ class Router:
     def __init__(self, fabric: IFabric, compress_routes: bool = False) -> None:
         self.fabric = fabric
         self.compress_routes = compress_routes
-        self._handlers: dict[str, _Handler] = {}
+        self._handlers: dict[str, RouteHandler] = {}
         self._push_routes: list[str] = []
         # name -> code, and back; fixed the first time the table is needed.
         self._codes: dict[str, int] | None = None
@@ -161,7 +169,7 @@ class Router:
             raise InvalidArgument(f"route {name!r} is registered already")
         if not callable(handler):
             raise InvalidArgument(f"the handler of route {name!r} is not callable")
-        self._handlers[name] = _Handler(name, handler, request)
+        self._handlers[name] = RouteHandler(name, handler, request)
 
     def declare_push(self, *names: str) -> None:
         """
@@ -172,6 +180,14 @@ class Router:
             _check_route_name(name)
             if name not in self._push_routes and name not in self._handlers:
                 self._push_routes.append(name)
+
+    def route_handler(self, name: str) -> RouteHandler | None:
+        """
+        :param name: a route name.
+        :return: its handler, or ``None`` when no route has that name (used
+            by service-to-service calls, :mod:`wsfabric.rpc`).
+        """
+        return self._handlers.get(name)
 
     def routes(self) -> list[str]:
         """

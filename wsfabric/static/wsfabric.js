@@ -78,9 +78,10 @@
     connectTimeout: 10000,
     resetAfter: 5000,
     maxQueue: 1000,
-    // 1008 policy violation, 4000-4099 application rejects: the server said
-    // "don't come back", and retrying would only hammer it.
-    noReconnectCodes: [1008, [4000, 4099]],
+    // 1008 policy violation, 4000-4099 application rejects, 4401 expired
+    // or refused token: the server said "don't come back" (or not with this
+    // token), and retrying would only hammer it.
+    noReconnectCodes: [1008, [4000, 4099], 4401],
     WebSocket: undefined,
   });
 
@@ -616,7 +617,7 @@
    *   before the attempt counter (and so the delay) starts again from 1
    * @param {number} [options.maxQueue=1000] messages kept while not connected
    * @param {Array<number|number[]>|function(number): boolean}
-   *   [options.noReconnectCodes=[1008, [4000, 4099]]] close codes (or
+   *   [options.noReconnectCodes=[1008, [4000, 4099], 4401]] close codes (or
    *   [low, high] ranges) after which the connection stays closed
    * @param {Function} [options.WebSocket] WebSocket implementation to use
    * @returns {Connection}
