@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import struct
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +40,7 @@ from wsfabric.gate.gate import (
     CLOSE_POLICY,
     Gate,
 )
+from wsfabric.gate.outbound import OutboundQueue
 from wsfabric.gate.websocket import SUBPROTOCOLS, EdgeSettings, make_gatekeeper
 from wsfabric.interfaces import IClientConnection
 from wsfabric.message import ConnectRequest, SharedMessage
@@ -86,8 +86,19 @@ _OPEN = 2
 _CLOSING = 3
 _CLOSED = 4
 
-#: Marks a close queued behind messages that are still waiting to go out.
-_CLOSE_MARK = object()
+
+
+class _Control:
+    """
+    A control frame (ping, pong) in the outbound queue: written in order
+    with the messages but not counted as one.
+    """
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+
 
 def frame(kind: int, payload: bytes) -> bytes:
     """
@@ -175,8 +186,8 @@ def parse_hello(
     )
 
 
-@implementer(IClientConnection, IPushProducer)
-class FabricTcpProtocol(Protocol):
+@implementer(IClientConnection)
+class FabricTcpProtocol(OutboundQueue, Protocol):
     """
     One client's raw TCP connection.
 
@@ -204,12 +215,6 @@ class FabricTcpProtocol(Protocol):
         self._checking = False
         # The gate asked us to stop reading.
         self._held = False
-        # The transport's write buffer is full.
-        self._paused = False
-        # Frames waiting for the transport: (frame, payload size, whether it
-        # is a message for the counters), or (_CLOSE_MARK, code, reason).
-        self._outbound: deque[tuple[Any, int, Any]] | None = None
-        self._outbound_bytes = 0
         # Whether anything came from the client since the last idle check.
         self._heard = False
         self._timer: IDelayedCall | None = None
@@ -258,7 +263,7 @@ class FabricTcpProtocol(Protocol):
         The connection has gone: tell the gate.
         """
         self._state = _CLOSED
-        self._outbound = None
+        self._forget_queued()
         self._chunks = []
         for call in (self._timer, self._close_timer, self._resume_call):
             if call is not None and call.active():
@@ -339,7 +344,7 @@ class FabricTcpProtocol(Protocol):
             if len(payload) > MAX_CONTROL_SIZE:
                 self._fail(CLOSE_PROTOCOL_ERROR, "ping payload over 125 bytes")
             else:
-                self._send(frame(PONG, payload), len(payload), False)
+                self._send(_Control(frame(PONG, payload)), len(payload))
         elif kind == PONG:
             # Any frame proves the client alive (``_heard`` is set already).
             pass
@@ -467,7 +472,7 @@ class FabricTcpProtocol(Protocol):
         # The peer closes its side after its close frame (docs/wire-protocol.md):
         # nothing is answered, the connection just ends.
         self._state = _CLOSING
-        self._outbound = None
+        self._forget_queued()
         self._cancel_timer()
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -518,7 +523,7 @@ class FabricTcpProtocol(Protocol):
             # The client spoke (or we are not reading it): no ping needed.
             self._schedule_idle_check()
             return
-        self._send(frame(PING, b""), 0, False)
+        self._send(_Control(frame(PING, b"")), 0)
         timeout = self.factory.settings.ping_timeout
         if timeout > 0:
             self._timer = self.factory.clock.callLater(timeout, self._pong_check)
@@ -539,35 +544,13 @@ class FabricTcpProtocol(Protocol):
             client_id=self.client_id,
         )
         self._state = _CLOSING
-        self._outbound = None
+        self._forget_queued()
         self.transport.abortConnection()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-    # -- IPushProducer: the transport tells us when its buffer is full -------------
-
-    def pauseProducing(self) -> None:
-        """
-        The transport's write buffer is full: queue messages instead.
-        """
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        """
-        The transport has drained: write what waited.
-        """
-        self._paused = False
-        self._flush()
-
-    def stopProducing(self) -> None:
-        """
-        The transport is going away.
-        """
-        self._paused = True
-        self._outbound = None
 
     # -- IClientConnection -----------------------------------------------------------
 
@@ -577,9 +560,9 @@ class FabricTcpProtocol(Protocol):
         """
         if type(message) is str:
             payload = message.encode("utf-8")
-            self._send(frame(TEXT, payload), len(payload), True)
+            self._send(frame(TEXT, payload), len(payload))
         else:
-            self._send(frame(BINARY, message), len(message), True)  # type: ignore[arg-type]
+            self._send(frame(BINARY, message), len(message))  # type: ignore[arg-type]
 
     def deliver_shared(self, shared: SharedMessage) -> None:
         """
@@ -591,7 +574,7 @@ class FabricTcpProtocol(Protocol):
             framed = shared.framed["tcp"] = frame(
                 BINARY if shared.is_binary else TEXT, shared.payload
             )
-        self._send(framed, len(shared.payload), True)
+        self._send(framed, len(shared.payload))
 
     def close(self, code: int, reason: str) -> None:
         """
@@ -599,10 +582,7 @@ class FabricTcpProtocol(Protocol):
         """
         if self._state >= _CLOSING:
             return
-        if self._outbound:
-            self._outbound.append((_CLOSE_MARK, code, reason))
-        else:
-            self._send_close(code, reason)
+        self._close_after_queued(code, reason)
 
     def pause_reading(self) -> None:
         """
@@ -634,63 +614,23 @@ class FabricTcpProtocol(Protocol):
 
     # -- the outbound queue ------------------------------------------------------------
 
-    def _send(self, data: bytes, size: int, counted: bool) -> None:
-        if self._state != _OPEN:
-            return
-        if self._outbound is None and not self._paused:
-            self.transport.write(data)
-            if counted:
-                self.factory.metrics.message_out(size)
-            return
-        if self._outbound is None:
-            self._outbound = deque()
-        self._outbound.append((data, size, counted))
-        self._outbound_bytes += size
-        if self._outbound_bytes > self.factory.settings.max_outbound_queue:
-            self._slow_consumer()
+    def _can_write(self) -> bool:
+        return self._state == _OPEN
 
-    def _flush(self) -> None:
-        outbound = self._outbound
-        metrics = self.factory.metrics
-        while outbound and not self._paused:
-            data, size, counted = outbound.popleft()
-            if data is _CLOSE_MARK:
-                self._outbound = None
-                self._outbound_bytes = 0
-                self._send_close(size, counted)
-                return
-            self._outbound_bytes -= size
-            if self._state == _OPEN:
-                self.transport.write(data)
-                if counted:
-                    metrics.message_out(size)
-        if outbound is not None and not outbound:
-            self._outbound = None
-            self._outbound_bytes = 0
-
-    def _slow_consumer(self) -> None:
-        factory = self.factory
-        factory.metrics.dropped("slow_consumer")
-        factory.metrics.dropped("slow_consumer_messages", len(self._outbound or ()))
-        self._outbound = None
-        self._outbound_bytes = 0
-        self._log.warn(
-            "client {client_id} is not reading fast enough ({limit} bytes queued); "
-            "closing it as a slow consumer",
-            client_id=self.client_id,
-            limit=factory.settings.max_outbound_queue,
-        )
-        if self.client_id is not None:
-            # The gate forgets the client at once; its close comes back here.
-            factory.gate.close_client(self.client_id, CLOSE_POLICY, "slow consumer")
-        self._send_close(CLOSE_POLICY, "slow consumer")
+    def _write(self, item: Any, size: int) -> None:
+        if type(item) is bytes:
+            self.transport.write(item)
+            self.factory.metrics.message_out(size)
+        else:
+            # A ping or pong: not a message.
+            self.transport.write(item.frame)
 
     def _send_close(self, code: int, reason: str) -> None:
         if self._state >= _CLOSING:
             return
         self._state = _CLOSING
         self._close_code = code
-        self._outbound = None
+        self._forget_queued()
         self._cancel_timer()
         transport = self.transport
         transport.write(close_frame(code, reason))

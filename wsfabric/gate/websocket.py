@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections import deque
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
@@ -30,6 +29,7 @@ from wsfabric.gate.auth import CLOSE_TOKEN_EXPIRED, Gatekeeper, Identity, withou
 from wsfabric.gate.gate import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_POLICY, Gate
 from wsfabric.gate.limits import LimitSettings
 from wsfabric.gate.origins import OriginPolicy
+from wsfabric.gate.outbound import OutboundQueue
 from wsfabric.interfaces import IClientConnection
 from wsfabric.message import ConnectRequest, SharedMessage
 from wsfabric.metrics import Metrics
@@ -54,7 +54,6 @@ _HTTP_ERROR_CODES = {
 }
 
 #: Marks a close queued behind messages that are still waiting to go out.
-_CLOSE_MARK = object()
 
 #: The WebSocket subprotocols accepted: the codecs of wsfabric.routing.
 SUBPROTOCOLS = ("wsfabric.json", "wsfabric.proto")
@@ -122,7 +121,7 @@ class EdgeSettings:
 
 
 @implementer(IClientConnection)
-class FabricServerProtocol(WebSocketServerProtocol):
+class FabricServerProtocol(OutboundQueue, WebSocketServerProtocol):
     """
     One client's WebSocket connection.
     """
@@ -132,9 +131,6 @@ class FabricServerProtocol(WebSocketServerProtocol):
 
     client_id: str | None = None
     _request: ConnectRequest | None = None
-    _paused = False
-    _outbound: deque[tuple[Any, int]] | None = None
-    _outbound_bytes = 0
     # Set when a gatekeeper is configured: the connection's place in the
     # connection caps, its rate limiter, and its credentials' watcher.
     _ticket: Any = None
@@ -330,32 +326,10 @@ class FabricServerProtocol(WebSocketServerProtocol):
         """
         The connection has gone: tell the gate.
         """
-        self._outbound = None
+        self._forget_queued()
         if self.client_id is not None:
             self.factory.metrics.closed_with(code)
             self.factory.gate.client_closed(self.client_id)
-
-    # -- IPushProducer: the transport tells us when its buffer is full -------------
-
-    def pauseProducing(self) -> None:
-        """
-        The transport's write buffer is full: queue messages instead.
-        """
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        """
-        The transport has drained: write what waited.
-        """
-        self._paused = False
-        self._flush()
-
-    def stopProducing(self) -> None:
-        """
-        The transport is going away.
-        """
-        self._paused = True
-        self._outbound = None
 
     # -- IClientConnection -----------------------------------------------------------
 
@@ -393,10 +367,7 @@ class FabricServerProtocol(WebSocketServerProtocol):
                 # Still in the handshake: nothing to close gracefully.
                 self.dropConnection(abort=True)
             return
-        if self._outbound:
-            self._outbound.append((_CLOSE_MARK, (code, reason)))
-        else:
-            self._send_close(code, reason)
+        self._close_after_queued(code, reason)
 
     def pause_reading(self) -> None:
         """
@@ -412,20 +383,10 @@ class FabricServerProtocol(WebSocketServerProtocol):
         if self.transport is not None:
             self.transport.resumeProducing()
 
-    # -- the outbound queue ------------------------------------------------------------
+    # -- the outbound queue (OutboundQueue) ---------------------------------------------
 
-    def _send(self, item: Any, size: int) -> None:
-        if self.state != _OPEN:
-            return
-        if self._outbound is None and not self._paused:
-            self._write(item, size)
-            return
-        if self._outbound is None:
-            self._outbound = deque()
-        self._outbound.append((item, size))
-        self._outbound_bytes += size
-        if self._outbound_bytes > self.factory.settings.max_outbound_queue:
-            self._slow_consumer()
+    def _can_write(self) -> bool:
+        return self.state == _OPEN
 
     def _write(self, item: Any, size: int) -> None:
         if type(item) is bytes:
@@ -434,40 +395,6 @@ class FabricServerProtocol(WebSocketServerProtocol):
             payload, is_binary = item
             self.sendMessage(payload, is_binary)
         self.factory.metrics.message_out(size)
-
-    def _flush(self) -> None:
-        outbound = self._outbound
-        while outbound and not self._paused:
-            item, size = outbound.popleft()
-            if item is _CLOSE_MARK:
-                self._outbound = None
-                self._outbound_bytes = 0
-                self._send_close(*size)
-                return
-            self._outbound_bytes -= size
-            if self.state == _OPEN:
-                self._write(item, size)
-        if outbound is not None and not outbound:
-            self._outbound = None
-            self._outbound_bytes = 0
-
-    def _slow_consumer(self) -> None:
-        factory = self.factory
-        factory.metrics.dropped("slow_consumer")
-        factory.metrics.dropped("slow_consumer_messages", len(self._outbound or ()))
-        self._outbound = None
-        self._outbound_bytes = 0
-        self._log.warn(
-            "client {client_id} is not reading fast enough ({limit} bytes queued); "
-            "closing it as a slow consumer",
-            client_id=self.client_id,
-            limit=factory.settings.max_outbound_queue,
-        )
-        if self.client_id is not None:
-            # The gate forgets the client at once; its close comes back here.
-            factory.gate.close_client(self.client_id, CLOSE_POLICY, "slow consumer")
-        else:
-            self._send_close(CLOSE_POLICY, "slow consumer")
 
     def _send_close(self, code: int, reason: str) -> None:
         if self.state == _OPEN:
