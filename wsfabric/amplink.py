@@ -207,6 +207,25 @@ class RemoteCaller:
         return Failure(ClusterUnavailable(f"{name} to {self.peer} failed: {failure.value!r}"))
 
 
+def send_without_delay(transport: Any) -> None:
+    """
+    Turn off Nagle's algorithm on an AMP link's TCP connection: a gate and a
+    backend exchange small boxes that each wait for an answer, and Nagle
+    would hold a box back until the previous one is acknowledged (with
+    delayed ACKs, milliseconds per message at low rates).
+
+    :param transport: the connection's transport (anything without
+        ``setTcpNoDelay``, such as a test transport, is left alone).
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            # Not a TCP socket (a UNIX endpoint): nothing to turn off.
+            pass
+
+
 def contained(responder: Callable[..., Any]) -> Callable[..., Any]:
     """
     Wrap an AMP responder so that any failure it has, raised or in its

@@ -458,3 +458,31 @@ class FlowTests(SynchronousTestCase):
         self.assertTrue(all(second.app.kinds(c)[-1] == "next" for c in ids + later))
         gate_side, _ = cluster.links[0]
         self.assertFalse(gate_side.gone)
+
+
+class _NoDelayTransport(iosim.FakeTransport):
+    """
+    An in-memory transport that records ``setTcpNoDelay``, as a TCP one has.
+    """
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
+class NoDelayTests(SynchronousTestCase):
+    def test_both_ends_turn_nagle_off(self) -> None:
+        """
+        The gate's and the backend's ends of an AMP link send small boxes
+        at once (TCP_NODELAY), not after the previous one is acknowledged.
+        """
+        cluster = ClusterInMemory()
+        backend = Backend(cluster.index, cluster.bus, cluster.clock)
+        client = BackendConnection(cluster.settings, cluster.pool._ready, cluster.pool._lost)
+        server = backend.factory.buildProtocol(None)
+        server_transport = _NoDelayTransport(server, isServer=True)
+        client_transport = _NoDelayTransport(client, isServer=False)
+        iosim.connect(server, server_transport, client, client_transport, greet=False)
+        self.assertTrue(server_transport.no_delay)
+        self.assertTrue(client_transport.no_delay)

@@ -23,7 +23,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsfabric.amplink import Batcher, RemoteCaller, contained
+from wsfabric.amplink import Batcher, RemoteCaller, contained, send_without_delay
 from wsfabric.backend.dispatcher import Dispatcher
 from wsfabric.commands import (
     CLOSED,
@@ -147,6 +147,13 @@ class GateConnection(amp.AMP):
         )
 
     # -- AMP plumbing --------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """
+        A gate has dialled in: send small boxes without delay.
+        """
+        super().connectionMade()
+        send_without_delay(self.transport)
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         """
