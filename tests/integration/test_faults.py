@@ -153,6 +153,25 @@ class GateCrashTests(FaultTestCase):
         # The survivor's clients were untouched.
         self.assertEqual(sorted(await observers[0].call("get_client_ids_by_group", "r1-shared")),
                          observer_ids)
+
+        # The backends ran on_close for the dead gate's clients, which that
+        # gate can no longer send: once its lease is gone, each backend
+        # closes the clients of that gate it knows.
+        async def closed_on_backends() -> bool:
+            opened: set[str] = set()
+            closed: set[str] = set()
+            for events in await asyncio.gather(*(o.call("events") for o in observers)):
+                for event in events:
+                    if event[0] == "connect" and event[1].startswith(gate_id + "-"):
+                        opened.add(event[1])
+                    elif event[0] == "close" and event[1].startswith(gate_id + "-"):
+                        closed.add(event[1])
+            return bool(opened) and opened <= closed
+
+        await eventually(closed_on_backends, 3 * effective + 5, "on_close of the dead gate's "
+                         "clients on the backends")
+        report("R1", f"kill -9 of a gate until the backends ran on_close for its clients{label}",
+               time.monotonic() - started, f"about 2 x lease = {2 * effective:g} s")
         return elapsed
 
     @scenario(timeout=90)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.protocols import amp
@@ -486,3 +487,48 @@ class NoDelayTests(SynchronousTestCase):
         iosim.connect(server, server_transport, client, client_transport, greet=False)
         self.assertTrue(server_transport.no_delay)
         self.assertTrue(client_transport.no_delay)
+
+
+class DeadGateTests(SynchronousTestCase):
+    def _linked(self, alive: dict[str, bool]) -> tuple[ClusterInMemory, Backend]:
+        """
+        A cluster whose backend learns gate liveness from ``alive``.
+        """
+        cluster = ClusterInMemory()
+        backend = Backend(cluster.index, cluster.bus, cluster.clock)
+        backend.context._gate_alive = lambda gate_id: succeed(alive[gate_id])
+        cluster.link(backend)
+        return cluster, backend
+
+    def test_clients_of_a_dead_gate_get_on_close(self) -> None:
+        """
+        When a gate's connection is lost and, after the grace period, its
+        lease is gone, the backend runs on_close for its clients.
+        """
+        alive: dict[str, bool] = {}
+        cluster, backend = self._linked(alive)
+        client_id, _ = cluster.connect()
+        alive[cluster.gate.gate_id] = False
+        cluster.links[0][0].transport.loseConnection()
+        cluster.flush()
+        self.assertNotIn(("close", client_id), backend.app.events)
+        cluster.clock.advance(5)
+        self.assertIn(("close", client_id), backend.app.events)
+
+    def test_live_gate_is_checked_again_not_forgotten(self) -> None:
+        """
+        A gate that still holds its lease (a cut link) keeps its clients;
+        its lease is checked again until it reconnects or dies.
+        """
+        alive: dict[str, bool] = {}
+        cluster, backend = self._linked(alive)
+        client_id, _ = cluster.connect()
+        alive[cluster.gate.gate_id] = True
+        cluster.links[0][0].transport.loseConnection()
+        cluster.flush()
+        cluster.clock.advance(5)
+        cluster.clock.advance(5)
+        self.assertNotIn(("close", client_id), backend.app.events)
+        alive[cluster.gate.gate_id] = False
+        cluster.clock.advance(5)
+        self.assertIn(("close", client_id), backend.app.events)

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from tests.unit.apps import RecordingApp
 from wsfabric.backend.dispatcher import Dispatcher
-from wsfabric.errors import Reject
+from wsfabric.errors import ClientNotFound, Reject
 from wsfabric.interfaces import IApplication
 from wsfabric.message import ConnectRequest
 from wsfabric.metrics import Metrics
@@ -371,3 +371,41 @@ class ConnectOrderTests(SynchronousTestCase):
         self.assertEqual(client.close_code, 1011)
         self.assertEqual(harness.app.kinds(client.client_id), ["connect", "close"])
         self.flushLoggedErrors(RuntimeError)
+
+
+class DeadGateTests(SynchronousTestCase):
+    def test_forget_gate_closes_its_clients_once(self) -> None:
+        """
+        When a gate is declared dead, each of its clients gets on_close
+        (after its pending events); clients of other gates are untouched,
+        and events of the dead gate's clients that arrive later (a paused
+        gate resuming) run nothing, not even a second on_close.
+        """
+        app = SlowApp("deferred")
+        dispatcher = Dispatcher(app, Metrics())
+        dead, alive = "0123456789abcdef", "fedcba9876543210"
+        dispatcher.client_connected(f"{dead}-1", REQUEST)
+        app.pending.pop(0).callback(None)
+        dispatcher.client_message(f"{dead}-1", "busy")  # still running
+        busy = app.pending.pop(0)
+        dispatcher.client_connected(f"{dead}-2", REQUEST)
+        app.pending.pop(0).callback(None)
+        dispatcher.client_connected(f"{alive}-1", REQUEST)
+        app.pending.pop(0).callback(None)
+        app.log.clear()
+
+        self.assertEqual(dispatcher.forget_gate(dead), 2)
+        self.assertEqual(app.log, ["start close"])  # dead-2 at once
+        app.pending.pop(0).callback(None)
+        busy.callback(None)  # "busy" ends, then dead-1 closes
+        app.pending.pop(0).callback(None)
+        self.assertEqual(
+            app.log, ["start close", "end close", "end busy", "start close", "end close"]
+        )
+        app.log.clear()
+        dispatcher.client_message(f"{dead}-1", "late")
+        dispatcher.client_closed(f"{dead}-2")
+        refused = dispatcher.client_connected(f"{dead}-3", REQUEST)
+        self.assertEqual(app.log, [])
+        self.failureResultOf(refused).trap(ClientNotFound)
+        self.assertEqual(len(dispatcher), 1)  # the other gate's client

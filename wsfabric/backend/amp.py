@@ -12,11 +12,11 @@ backend's :class:`~wsfabric.interfaces.IGateControl` for it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -72,7 +72,16 @@ class BackendContext:
     :param max_in_flight: calls to one gate that may wait at once.
     :param client_events: whether this backend wants its clients' connect
         and close events although its service is not ``default``.
+    :param gate_alive: ``gate_id -> Deferred[bool]``, whether a gate still
+        holds its lease; when given, the clients of a gate that disconnects
+        and turns out dead get ``on_close`` here (the gate can no longer
+        send their close events). ``None`` (static setups, tests): they
+        don't.
+    :param gate_grace: seconds after a gate disconnects before its lease is
+        checked, and between checks while it still holds it.
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -85,6 +94,8 @@ class BackendContext:
         call_timeout: float = 10.0,
         max_in_flight: int = 10000,
         client_events: bool = False,
+        gate_alive: Callable[[str], Deferred[bool]] | None = None,
+        gate_grace: float = 5.0,
     ) -> None:
         self.backend_id = backend_id
         self.service = service
@@ -99,6 +110,10 @@ class BackendContext:
         self.gates: dict[str, GateConnection] = {}
         #: Whether the backend is shutting down.
         self.draining = False
+        self._gate_alive = gate_alive
+        self._gate_grace = gate_grace
+        # The lease checks of gates that disconnected, by gate id.
+        self._gate_checks: dict[str, IDelayedCall] = {}
 
     def flow_control(self, client_id: str, paused: bool) -> None:
         """
@@ -117,6 +132,54 @@ class BackendContext:
         self.draining = True
         for connection in list(self.gates.values()):
             connection.draining()
+
+    def gate_disconnected(self, gate_id: str) -> None:
+        """
+        The connection of gate ``gate_id`` is gone: unless it comes back,
+        check its lease after the grace period.
+        """
+        if self._gate_alive is not None and gate_id not in self._gate_checks:
+            self._gate_checks[gate_id] = self.clock.callLater(
+                self._gate_grace, self._check_gate, gate_id
+            )
+
+    def stop_gate_checks(self) -> None:
+        """
+        Cancel the pending lease checks (the backend is stopping).
+        """
+        for call in self._gate_checks.values():
+            if call.active():
+                call.cancel()
+        self._gate_checks.clear()
+
+    def _check_gate(self, gate_id: str) -> None:
+        del self._gate_checks[gate_id]
+        if gate_id in self.gates or self.draining or self._gate_alive is None:
+            return
+
+        def decided(alive: bool) -> None:
+            if gate_id in self.gates or self.draining:
+                return
+            if alive:
+                # Still leased (a network cut, or a restart under way).
+                self.gate_disconnected(gate_id)
+                return
+            closed = self.dispatcher.forget_gate(gate_id)
+            self._log.info(
+                "gate {gate_id} is dead: ran on_close for its {count} clients",
+                gate_id=gate_id,
+                count=closed,
+            )
+
+        def failed(failure: Failure) -> None:
+            self._log.warn(
+                "could not check the lease of gate {gate_id} ({error}); retrying",
+                gate_id=gate_id,
+                error=failure.getErrorMessage(),
+            )
+            self.gate_disconnected(gate_id)
+
+        self._gate_alive(gate_id).addCallbacks(decided, failed)
 
     def locate_gate(self, gate_id: str) -> IGateControl | None:
         """
@@ -180,6 +243,7 @@ class GateConnection(amp.AMP):
         if self.gate_id is not None and self._context.gates.get(self.gate_id) is self:
             del self._context.gates[self.gate_id]
             self._log.info("gate {gate_id} disconnected", gate_id=self.gate_id)
+            self._context.gate_disconnected(self.gate_id)
         super().connectionLost(reason)
 
     def _peer(self) -> str:

@@ -25,7 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsfabric.errors import Reject
+from wsfabric.errors import ClientNotFound, Reject
+from wsfabric.ids import gate_of
 from wsfabric.interfaces import IApplication, IClientEvents
 from wsfabric.message import ConnectRequest
 from wsfabric.metrics import Metrics
@@ -75,6 +76,9 @@ class Dispatcher:
         low_water: int = 32,
     ) -> None:
         self._app = app
+        # Gates declared dead: their clients have had on_close here, and any
+        # event of theirs that still arrives is ignored.
+        self._dead_gates: set[str] = set()
         self._metrics = metrics
         self._flow_control = flow_control
         self._high_water = high_water
@@ -123,6 +127,22 @@ class Dispatcher:
         """
         self._enqueue(client_id, _CLOSE, None, None)
 
+    def forget_gate(self, gate_id: str) -> int:
+        """
+        The gate ``gate_id`` is dead (its lease expired, its clients were
+        swept from the index): run ``on_close`` for every client of it that
+        this dispatcher knows, after their earlier events, and from now on
+        ignore events of its clients (a gate that was only paused sends the
+        close events of its old clients when it resumes).
+
+        :return: how many clients are being closed.
+        """
+        clients = [client_id for client_id in self._queues if gate_of(client_id) == gate_id]
+        for client_id in clients:
+            self._enqueue(client_id, _CLOSE, None, None)
+        self._dead_gates.add(gate_id)
+        return len(clients)
+
     def when_idle(self) -> Deferred[None]:
         """
         :return: a Deferred that fires once no client has events pending (used
@@ -139,6 +159,10 @@ class Dispatcher:
     # -- the queue ---------------------------------------------------------------
 
     def _enqueue(self, client_id: str, kind: int, argument: Any, outcome: Any) -> None:
+        if self._dead_gates and gate_of(client_id) in self._dead_gates:
+            if outcome is not None:
+                outcome.errback(ClientNotFound(client_id))
+            return
         queue = self._queues.get(client_id)
         if queue is None:
             # A client may be new to this dispatcher without a connect event:
