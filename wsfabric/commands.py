@@ -189,6 +189,9 @@ class Hello(amp.Command):
         (b"backend_id", amp.Unicode()),
         (b"service", amp.Unicode()),
         (b"proof", amp.String()),
+        # Whether a backend of a service other than ``default`` wants its
+        # clients' connect and close events (optional: older backends).
+        (b"client_events", amp.Boolean(optional=True)),
     ]
     errors = {AuthenticationFailed: b"AUTHENTICATION_FAILED"}
     fatalErrors = {AuthenticationFailed: b"AUTHENTICATION_FAILED"}

@@ -36,7 +36,9 @@ class Metrics:
         ``oversize``, ``malformed``, ...; clients closed for sending too
         fast: ``rate_limit``, whose token expired: ``token_expired``;
         handshakes refused: ``origin``, ``unauthorized``, ``ip_limit``,
-        ``uid_limit``).
+        ``uid_limit``; on a gate, client messages no backend could take:
+        ``no_backend`` (no ``default`` backend registered) and
+        ``service_unavailable`` (answered with that error)).
     :ivar closes: closed connections by close code.
     :ivar hook_errors: exceptions raised by application hooks.
     :ivar amp_calls: AMP calls this node made that have finished.

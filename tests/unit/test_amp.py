@@ -141,6 +141,35 @@ class AuthenticationTests(SynchronousTestCase):
         self.assertTrue(gate_side.gone or transport is None or transport.disconnecting)
         self.flushLoggedErrors()
 
+    def test_refused_secret_backs_off(self) -> None:
+        """
+        While a backend refuses the gate's secret, the gate dials it again
+        after 1, 2, 4 ... up to 60 s (not ten times a second, each with an
+        error in the log); one successful authentication resets that.
+        """
+        from wsfabric.gate.backends import _LinkFactory
+
+        cluster = ClusterInMemory()
+        link = _LinkFactory(cluster.pool, "b1")
+
+        def dial(secret: bytes) -> BackendConnection:
+            backend = Backend(cluster.index, cluster.bus, cluster.clock, secret=secret)
+            client = link.buildProtocol(None)
+            server = backend.factory.buildProtocol(None)
+            iosim.connect(server, iosim.FakeTransport(server, isServer=True),
+                          client, iosim.FakeTransport(client, isServer=False)).flush()
+            return client
+
+        self.assertEqual(link.retry_delay(0), 0.1)
+        delays = []
+        for _ in range(8):
+            self.assertFalse(dial(b"other").ready)
+            delays.append(link.retry_delay(0))
+        self.assertEqual(delays, [1, 2, 4, 8, 16, 32, 60, 60])
+        self.flushLoggedErrors()
+        self.assertTrue(dial(SECRET).ready)
+        self.assertEqual(link.retry_delay(0), 0.1)
+
     def test_command_before_hello_closes(self) -> None:
         """
         A peer that sends a command before authenticating is disconnected and

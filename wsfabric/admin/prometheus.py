@@ -26,7 +26,14 @@ from wsfabric.metrics import AMP_LATENCY_BUCKETS
 
 #: Drop causes always exported (at 0 until something is dropped), so that
 #: alert rules can refer to them from the start.
-DROP_CAUSES = ("slow_consumer", "rate_limit", "oversize", "redis_gap")
+DROP_CAUSES = (
+    "slow_consumer",
+    "rate_limit",
+    "oversize",
+    "redis_gap",
+    "no_backend",
+    "service_unavailable",
+)
 
 #: The close code of a client whose message was too big.
 CLOSE_MESSAGE_TOO_BIG = 1009

@@ -18,6 +18,7 @@ events elsewhere), finishes the events it has, then leaves.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -55,7 +56,8 @@ def advertised_endpoint(listen: str) -> str:
     :param listen: a ``tcp:PORT[:interface=ADDR]`` server endpoint string.
     :raises ValueError: if that cannot be derived (give ``--advertise``).
     """
-    parts = listen.split(":")
+    # Colons inside a value (an IPv6 address) are escaped with a backslash.
+    parts = re.split(r"(?<!\\):", listen)
     if parts[0] != "tcp" or len(parts) < 2 or not parts[1].isdigit():
         raise ValueError(f"cannot derive where gates should dial from {listen!r}")
     interface = "127.0.0.1"
@@ -77,6 +79,8 @@ class Options(WsfabricOptions):
     command = "wsfabric-backend"
     synopsis = "--app module.path:Name --listen ENDPOINT --redis URL [options]"
     longdesc = "Run a wsfabric backend: host the application, reached by gates over AMP."
+
+    _log = Logger()
     optParameters = (
         WsfabricOptions.optParameters
         + APP_PARAMETERS
@@ -106,6 +110,14 @@ class Options(WsfabricOptions):
         + CLUSTER_PARAMETERS
         + admin_parameters("backend")
     )
+    optFlags = [
+        [
+            "client-events",
+            None,
+            "Receive clients' connect and close events although the service is not "
+            "default (also: an application attribute wants_client_events = True).",
+        ],
+    ]
 
     def postOptions(self) -> None:
         """
@@ -115,6 +127,13 @@ class Options(WsfabricOptions):
         if not self["app"]:
             raise usage.UsageError("--app is required (e.g. --app examples.echo.app:EchoApp)")
         self["app-factory"] = load_app_factory(self["app"], self["app-dir"])
+        service = self["service"]
+        if not service or "." in service or not service.isprintable() or len(service) > 100:
+            # Gates route "NAME.route" by the text before the first dot.
+            raise usage.UsageError(
+                f"--service {service!r}: a service name is 1 to 100 printable characters "
+                "without a dot"
+            )
         check_cluster_options(self)
         check_admin_options(self, "backend")
         if self["advertise"] is None:
@@ -122,6 +141,16 @@ class Options(WsfabricOptions):
                 self["advertise"] = advertised_endpoint(self["listen"])
             except ValueError as e:
                 raise usage.UsageError(f"--listen: {e}; give --advertise") from None
+            if "interface=" not in self["listen"]:
+                # "tcp:7000" listens everywhere but can only advertise
+                # loopback: fine on one machine, unreachable from others.
+                self._log.warn(
+                    "--listen {listen} listens on every interface, but gates are told to "
+                    "dial {advertise}: gates on other machines cannot reach this backend "
+                    "(give --advertise tcp:host=ADDRESS:port=PORT)",
+                    listen=self["listen"],
+                    advertise=self["advertise"],
+                )
 
 
 class BackendMembership(Service):
@@ -204,6 +233,7 @@ class BackendMembership(Service):
         if self._remove_listener is not None:
             self._remove_listener()
         self._context.drain()
+        self._context.stop_gate_checks()
         dispatcher = self._context.dispatcher
         # Events the gates sent before they heard we are draining are still
         # on their way: give them a moment, then wait for the application.
@@ -298,6 +328,7 @@ def make_service(options: Options, reactor: Any) -> ClusterNodeService:
     app = build_application(options["app-factory"], options["app"], fabric)
     fabric.rpc = cluster_rpc(reactor, redis, backend_id, options["secret"], app)
     dispatcher = Dispatcher(app, metrics, lambda c, p: context.flow_control(c, p))
+    client_events = bool(options["client-events"] or getattr(app, "wants_client_events", False))
     context = BackendContext(
         backend_id,
         options["service"],
@@ -306,6 +337,12 @@ def make_service(options: Options, reactor: Any) -> ClusterNodeService:
         reactor,
         metrics,
         call_timeout=options["call-timeout"],
+        client_events=client_events,
+        gate_alive=lambda gate_id: redis.registry.live_nodes("gate").addCallback(
+            lambda gates: gate_id in gates
+        ),
+        # A gate's lease outlives its death by at most a lease: check then.
+        gate_grace=options["lease"],
     )
     try:
         endpoint = serverFromString(reactor, options["listen"])
@@ -336,7 +373,11 @@ def make_service(options: Options, reactor: Any) -> ClusterNodeService:
     ).setServiceParent(root)
     BackendMembership(
         backend_id,
-        {"endpoint": options["advertise"], "service": options["service"]},
+        {
+            "endpoint": options["advertise"],
+            "service": options["service"],
+            "client_events": client_events,
+        },
         redis,
         context,
         reactor,

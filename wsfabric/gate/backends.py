@@ -7,15 +7,20 @@ new connection (:class:`~wsfabric.commands.Challenge` and
 :class:`~wsfabric.commands.Hello`), and pings it so that a backend that hangs
 is dropped rather than waited for.
 
-:class:`BackendPool` is the gate's :class:`~wsfabric.interfaces.IClientEvents`:
-it sends each client's events to one backend, chosen by rendezvous hashing
-over the connected backends when the client connects and kept while that
-backend stays connected, so one client's events stay in order. When the
-backend goes away its clients move to the others at their next event,
-without being disconnected (the new backend sees their messages and close
-without a connect: application state belongs in the fabric, not in backend
-memory). While no backend is connected, clients' events wait at the gate,
-bounded, and their reading is paused.
+:class:`BackendPool` is the gate's :class:`~wsfabric.interfaces.IClientEvents`.
+Backends are grouped by the service they provide (``--service``). Each
+client's events go, per service, to one backend of it, chosen by rendezvous
+hashing over that service's connected backends and kept while that backend
+stays connected, so one client's events stay in order within each service.
+A routed message ``NAME.route`` goes to service ``NAME`` when a backend of it
+is registered; everything else, and every connect and close, to ``default``
+(connect and close also to the services that asked for them). When a
+backend goes away its clients move to the others of its service at their
+next event, without being disconnected (the new backend sees their messages
+and close without a connect: application state belongs in the fabric, not
+in backend memory). While no ``default`` backend is connected, clients'
+events for it wait at the gate, bounded, and their reading is paused.
+docs/services.md states the rules.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from wsfabric.amplink import Batcher, RemoteCaller, contained
+from wsfabric.amplink import Batcher, RemoteCaller, contained, send_without_delay
 from wsfabric.commands import (
     PROTOCOL_VERSION,
     AuthenticationFailed,
@@ -65,7 +70,14 @@ from wsfabric.gate.gate import Gate
 from wsfabric.interfaces import IClientEvents
 from wsfabric.message import ConnectRequest
 from wsfabric.metrics import Metrics
+from wsfabric.routing.codec import BadEnvelope, Codec, Inbound, codec_for, codec_of_message
 
+#: The service of backends started without ``--service``: it hears every
+#: client's connect and close, and every message no other service claims.
+DEFAULT_SERVICE = "default"
+#: The error code a client gets for a routed message to a service that has
+#: no live backend.
+SERVICE_UNAVAILABLE = "service_unavailable"
 #: Events one client may have waiting for a backend before its reading is
 #: paused.
 MAX_WAITING_EVENTS = 64
@@ -127,6 +139,11 @@ class BackendConnection(amp.AMP):
         self._on_lost = on_lost
         self.backend_id: str | None = None
         self.service: str | None = None
+        #: Whether the backend (of a service other than ``default``) wants
+        #: client connect and close events.
+        self.client_events = False
+        #: The key the pool dials it by, if any.
+        self.key: str | None = None
         self.ready = False
         self.gone = False
         self.draining = False
@@ -145,6 +162,7 @@ class BackendConnection(amp.AMP):
         Authenticate at once.
         """
         super().connectionMade()
+        send_without_delay(self.transport)
         self._authenticate()
 
     def _authenticate(self) -> None:
@@ -171,7 +189,11 @@ class BackendConnection(amp.AMP):
             if not proofs_match(expected, answer["proof"]):
                 raise AuthenticationFailed("the backend does not hold the cluster secret")
             self.backend_id = answer["backend_id"]
+            link = getattr(self, "factory", None)
+            if isinstance(link, _LinkFactory):
+                link.auth_failures = 0
             self.service = answer["service"]
+            self.client_events = bool(answer.get("client_events"))
             self.ready = True
             self._pinger = LoopingCall(self._ping)
             self._pinger.clock = self._settings.clock
@@ -179,10 +201,20 @@ class BackendConnection(amp.AMP):
             self._on_ready(self)
 
         def refused(failure: Failure) -> None:
+            # A backend with another secret stays wrong until someone fixes
+            # the configuration: back off (to a minute), so that the gate
+            # does not dial it, and log, ten times a second.
+            link = getattr(self, "factory", None)
+            retry = None
+            if isinstance(link, _LinkFactory):
+                link.auth_failures += 1
+                retry = link.retry_delay(0)
             self._log.error(
-                "could not authenticate with the backend at {peer}: {error}",
+                "could not authenticate with the backend at {peer}: {error}"
+                "{retry_note}",
                 peer=self._peer(),
                 error=failure.getErrorMessage(),
+                retry_note=f"; trying again in {retry:g} s" if retry is not None else "",
             )
             if self.transport is not None:
                 self.transport.abortConnection()
@@ -411,11 +443,26 @@ def _empty(_: object) -> dict[str, Any]:
 class _LinkFactory(Factory):
     noisy = False
 
-    def __init__(self, pool: BackendPool) -> None:
+    def __init__(self, pool: BackendPool, key: str | None = None) -> None:
         self._pool = pool
+        self._key = key
+        #: Authentications refused in a row (reset by one that succeeds).
+        self.auth_failures = 0
+
+    def retry_delay(self, attempt: int) -> float:
+        """
+        Seconds before dialling again: quick after a lost connection, but
+        doubling up to a minute while the backend refuses our secret.
+
+        :param attempt: failed connection attempts in a row.
+        """
+        if self.auth_failures:
+            return min(2.0 ** (self.auth_failures - 1), 60.0)
+        return _retry_delay(attempt)
 
     def buildProtocol(self, addr: Any) -> BackendConnection:
         protocol = BackendConnection(self._pool.settings, self._pool._ready, self._pool._lost)
+        protocol.key = self._key
         protocol.factory = self
         return protocol
 
@@ -437,10 +484,59 @@ class _Waiting:
         self.paused = False
 
 
+class _RateLimitedLog:
+    """
+    Logs a recurring warning at most once per ``interval`` seconds per key,
+    with the count of those left out since: one client flooding a dead
+    service must not flood the log.
+    """
+
+    def __init__(self, log: Logger, clock: IReactorTime, interval: float = 10.0) -> None:
+        self._log = log
+        self._clock = clock
+        self._interval = interval
+        self._last: dict[str, list[float]] = {}
+
+    def warn(self, key: str, template: str, **fields: object) -> None:
+        """
+        Log ``template`` unless a warning of ``key`` was logged less than
+        the interval ago.
+        """
+        now = self._clock.seconds()
+        entry = self._last.get(key)
+        if entry is not None and now - entry[0] < self._interval:
+            entry[1] += 1
+            return
+        suppressed = int(entry[1]) if entry is not None else 0
+        self._last[key] = [now, 0]
+        self._log.warn(template + " ({suppressed} more like it left out)",
+                       suppressed=suppressed, **fields)
+
+
+def route_service(route: str | int) -> str | None:
+    """
+    :return: the service a route name names (the text before its first
+        dot), or ``None`` for a name without a dot or a route code.
+    """
+    if type(route) is not str:
+        return None
+    service, dot, _ = route.partition(".")
+    return service if dot and service else None
+
+
 @implementer(IClientEvents)
 class BackendPool:
     """
-    The gate's backends, and which of them serves each client.
+    The gate's backends, grouped by service, and which of them serves each
+    client in each service.
+
+    Each client has a backend of the ``default`` service (chosen when it
+    connects, kept while that backend lives), which hears its connect, its
+    raw and unclaimed messages, and its close; and, per other service, a
+    backend chosen the first time the client needs one. Routed messages
+    ``NAME.route`` go to service ``NAME`` when a backend of ``NAME`` is
+    registered (docs/services.md has the rules). While only ``default``
+    backends are known, messages are not even looked at.
 
     :param settings: how to talk to backends.
     :param reactor: the reactor (for connecting).
@@ -451,49 +547,89 @@ class BackendPool:
     def __init__(self, settings: LinkSettings, reactor: Any) -> None:
         self.settings = settings
         self._reactor = reactor
-        self._factory = _LinkFactory(self)
-        self._services: dict[str, ClientService] = {}
+        self._dialling: dict[str, ClientService] = {}
+        # Every ready connection, of any service.
         self._connections: list[BackendConnection] = []
+        # Ready connections not draining: of `default`, and of each other
+        # service (rebuilt by _refresh on every membership change).
+        self._defaults: list[BackendConnection] = []
+        self._live: dict[str, list[BackendConnection]] = {}
+        # Other services some live backend of which wants client events.
+        self._event_services: tuple[str, ...] = ()
+        # The service of each backend dialled (None: not known yet).
+        self._known: dict[str, str | None] = {}
+        # Services other than `default` that some backend registered; the
+        # route prefixes that are claimed.
+        self._named: frozenset[str] = frozenset()
+        # Whether client events for `default` should wait for a backend
+        # (one is known, or nothing is known yet) rather than be dropped.
+        self._default_expected = True
         self._assigned: dict[str, BackendConnection] = {}
+        self._routes: dict[str, dict[str, BackendConnection]] = {}
+        self._codecs: dict[str, Codec] = {}
         self._waiting: dict[str, _Waiting] = {}
         self._stopping = False
+        self._limited = _RateLimitedLog(self._log, settings.clock)
 
     # -- membership ------------------------------------------------------------------
 
-    def add(self, key: str, endpoint: IStreamClientEndpoint) -> None:
+    def add(self, key: str, endpoint: IStreamClientEndpoint, service: str | None = None) -> None:
         """
         Keep a connection to the backend at ``endpoint`` (known as ``key``).
+
+        :param service: the service it registered, if known before it
+            answers (it tells its service when it connects).
         """
-        if key in self._services:
+        if key in self._dialling:
             return
-        service = ClientService(
-            endpoint, self._factory, retryPolicy=_retry_delay, clock=self.settings.clock
+        self._known[key] = service
+        self._refresh()
+        link = _LinkFactory(self, key)
+        dialler = ClientService(
+            endpoint, link, retryPolicy=link.retry_delay, clock=self.settings.clock,
         )
-        self._services[key] = service
-        service.startService()
-        self._log.info("dialling backend {key}", key=key)
+        self._dialling[key] = dialler
+        dialler.startService()
+        self._log.info("dialling backend {key} (service {service})", key=key,
+                       service=service or "?")
 
     def remove(self, key: str) -> Deferred[None]:
         """
         Stop dialling backend ``key`` and drop its connection.
         """
-        service = self._services.pop(key, None)
-        if service is None:
+        dialler = self._dialling.pop(key, None)
+        self._known.pop(key, None)
+        if dialler is None:
             return succeed(None)
         self._log.info("backend {key} left the cluster", key=key)
-        return service.stopService()
+        self._refresh()
+        if not self._default_expected and self._waiting:
+            # The last `default` backend is gone for good: waiting clients
+            # go on without one.
+            waiting, self._waiting = self._waiting, {}
+            for client_id, entry in waiting.items():
+                self._replay(client_id, entry)
+        return dialler.stopService()
 
     def keys(self) -> list[str]:
         """
         :return: the keys of the backends the gate dials.
         """
-        return list(self._services)
+        return list(self._dialling)
 
     def connected(self) -> list[BackendConnection]:
         """
         :return: the authenticated backend connections.
         """
         return list(self._connections)
+
+    def services(self) -> dict[str, int]:
+        """
+        :return: the live backends of each service the gate is linked with.
+        """
+        counts = {service: len(links) for service, links in self._live.items()}
+        counts[DEFAULT_SERVICE] = len(self._defaults)
+        return counts
 
     def reconnect_all(self) -> None:
         """
@@ -516,12 +652,34 @@ class BackendPool:
             # What is queued (the close events of the clients the gate has
             # just closed) goes out before the connection closes.
             connection.flush()
-        stops = [self.remove(key) for key in list(self._services)]
+        stops = [self.remove(key) for key in list(self._dialling)]
         return gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
+
+    def _refresh(self) -> None:
+        live = [c for c in self._connections if not (c.gone or c.draining)]
+        self._defaults = [c for c in live if c.service == DEFAULT_SERVICE]
+        services: dict[str, list[BackendConnection]] = {}
+        wanting = set()
+        for connection in live:
+            if connection.service != DEFAULT_SERVICE:
+                services.setdefault(connection.service, []).append(connection)  # type: ignore[arg-type]
+                if connection.client_events:
+                    wanting.add(connection.service)
+        self._live = services
+        self._event_services = tuple(sorted(wanting))  # type: ignore[arg-type]
+        declared = set(self._known.values())
+        known = {s for s in declared if s is not None}
+        known.update(c.service for c in self._connections)  # type: ignore[misc]
+        self._named = frozenset(known - {DEFAULT_SERVICE})
+        self._default_expected = DEFAULT_SERVICE in known or None in declared or not known
 
     def _ready(self, connection: BackendConnection) -> None:
         self._connections.append(connection)
-        self._log.info("backend {backend_id} ready", backend_id=connection.backend_id)
+        if connection.key is not None and connection.key in self._known:
+            self._known[connection.key] = connection.service
+        self._refresh()
+        self._log.info("backend {backend_id} ready (service {service})",
+                       backend_id=connection.backend_id, service=connection.service)
         waiting, self._waiting = self._waiting, {}
         for client_id, entry in waiting.items():
             self._replay(client_id, entry)
@@ -529,21 +687,34 @@ class BackendPool:
     def _lost(self, connection: BackendConnection) -> None:
         if connection in self._connections:
             self._connections.remove(connection)
-        moved = [cid for cid, owner in self._assigned.items() if owner is connection]
-        for client_id in moved:
-            del self._assigned[client_id]
+        self._refresh()
+        if connection.service == DEFAULT_SERVICE:
+            moved = [cid for cid, owner in self._assigned.items() if owner is connection]
+            for client_id in moved:
+                del self._assigned[client_id]
+        else:
+            service = connection.service
+            moved = []
+            for client_id, routes in self._routes.items():
+                if routes.get(service) is connection:  # type: ignore[arg-type]
+                    del routes[service]  # type: ignore[arg-type]
+                    moved.append(client_id)
         if self._stopping:
             return
         self._log.warn(
-            "backend {backend_id} lost; its {count} clients move to other backends",
+            "backend {backend_id} lost (service {service}); its {count} clients move to "
+            "other backends",
             backend_id=connection.backend_id,
+            service=connection.service,
             count=len(moved),
         )
 
-    def _pick(self, client_id: str) -> BackendConnection | None:
+    def _pick(
+        self, client_id: str, candidates: list[BackendConnection]
+    ) -> BackendConnection | None:
         # A connection that is gone may still be listed while its loss is
         # being handled (its pending calls fail before the pool hears of it).
-        connections = [c for c in self._connections if not (c.gone or c.draining)]
+        connections = [c for c in candidates if not (c.gone or c.draining)]
         if not connections:
             return None
         if len(connections) == 1:
@@ -555,25 +726,92 @@ class BackendPool:
         )
 
     def _owner(self, client_id: str) -> BackendConnection | None:
+        """
+        :return: the client's backend of the ``default`` service, chosen now
+            if it has none (or its own has gone); ``None`` if there is none.
+        """
         owner = self._assigned.get(client_id)
         if owner is None or owner.gone or owner.draining:
-            owner = self._pick(client_id)
+            owner = self._pick(client_id, self._defaults)
             if owner is not None:
                 self._assigned[client_id] = owner
+        return owner
+
+    def _owner_in(self, client_id: str, service: str) -> BackendConnection | None:
+        """
+        :return: the client's backend of ``service`` (not ``default``),
+            chosen now if it has none; ``None`` if the service has no live
+            backend.
+        """
+        routes = self._routes.get(client_id)
+        owner = routes.get(service) if routes is not None else None
+        if owner is None or owner.gone or owner.draining:
+            owner = self._pick(client_id, self._live.get(service, []))
+            if owner is not None:
+                if routes is None:
+                    routes = self._routes[client_id] = {}
+                routes[service] = owner
         return owner
 
     # -- IClientEvents -------------------------------------------------------------------
 
     def client_connected(self, client_id: str, request: ConnectRequest) -> Deferred[None]:
         """
-        Run ``on_connect`` on the client's backend (once there is one).
+        Run ``on_connect`` on the client's ``default`` backend (once there is
+        one); once it has accepted the client, tell the services that want
+        client events.
         """
+        codec = codec_for(request.subprotocol)
+        if codec is not None:
+            self._codecs[client_id] = codec
         owner = self._owner(client_id)
-        if owner is None:
-            outcome: Deferred[None] = Deferred()
+        if owner is not None:
+            outcome = self._connect(owner, client_id, request, retries=len(self._defaults))
+        elif self._default_expected:
+            outcome = Deferred()
             self._wait(client_id, ("connect", request, outcome))
-            return outcome
-        return self._connect(owner, client_id, request, retries=len(self._connections))
+        else:
+            outcome = succeed(None)
+        return outcome.addCallbacks(
+            self._announce, self._refused,
+            callbackArgs=(client_id, request), errbackArgs=(client_id,),
+        )
+
+    def _announce(self, _: object, client_id: str, request: ConnectRequest) -> None:
+        # The connect goes out before any of the client's messages (the gate
+        # holds them until this has run), on the same connection as them:
+        # each service sees the client's events in order.
+        for service in self._event_services:
+            owner = self._owner_in(client_id, service)
+            if owner is not None:
+                owner.connect(client_id, request).addErrback(
+                    self._service_connect_failed, client_id, owner
+                )
+
+    def _service_connect_failed(
+        self, failure: Failure, client_id: str, owner: BackendConnection
+    ) -> None:
+        if failure.check(Reject):
+            why = "only the default service may refuse clients; ignored"
+        else:
+            why = failure.getErrorMessage()
+        self._limited.warn(
+            "connect:" + str(owner.service),
+            "on_connect of client {client_id} failed on backend {backend_id} of service "
+            "{service}: {why}",
+            client_id=client_id,
+            backend_id=owner.backend_id,
+            service=owner.service,
+            why=why,
+        )
+
+    def _refused(self, failure: Failure, client_id: str) -> Failure:
+        if failure.check(Reject):
+            # A refused client hears no close: forget it here.
+            self._codecs.pop(client_id, None)
+            self._routes.pop(client_id, None)
+            self._assigned.pop(client_id, None)
+        return failure
 
     def _connect(
         self, owner: BackendConnection, client_id: str, request: ConnectRequest, retries: int
@@ -606,35 +844,129 @@ class BackendPool:
 
     def client_message(self, client_id: str, message: str | bytes) -> None:
         """
-        Queue a message for the client's backend.
+        Queue a message for the backend that should handle it: of the service
+        its route names, or of ``default``.
         """
+        if self._named and self._claimed(client_id, message):
+            return
         if client_id in self._waiting:
             self._wait(client_id, ("message", message, None))
             return
         owner = self._owner(client_id)
-        if owner is None:
+        if owner is not None:
+            owner.message(client_id, message)
+        elif self._default_expected:
             self._wait(client_id, ("message", message, None))
         else:
+            self._no_default(client_id, message)
+
+    def _peek(self, client_id: str, message: str | bytes) -> tuple[Codec, Inbound] | None:
+        """
+        :return: the codec and envelope of a routed message whose route may
+            name a service, or ``None``.
+        """
+        # No dot, no route "NAME.x" (unless a JSON escape spells the dot):
+        # most raw messages are not parsed at all.
+        if type(message) is str:
+            if "." not in message and "\\" not in message:
+                return None
+        elif b"." not in message and b"\\" not in message:
+            return None
+        codec = self._codecs.get(client_id) or codec_of_message(message)
+        try:
+            return codec, codec.decode_inbound(message)
+        except BadEnvelope:
+            return None
+
+    def _claimed(self, client_id: str, message: str | bytes) -> bool:
+        """
+        Send ``message`` to the service its route names, if a backend of that
+        service is registered (or answer ``service_unavailable`` when none
+        is live).
+
+        :return: whether it was handled (else it goes to ``default``).
+        """
+        peeked = self._peek(client_id, message)
+        if peeked is None:
+            return False
+        codec, inbound = peeked
+        service = route_service(inbound.route)
+        if service is None or service not in self._named:
+            return False
+        owner = self._owner_in(client_id, service)
+        if owner is None:
+            self._unavailable(client_id, codec, inbound, service)
+        else:
             owner.message(client_id, message)
+        return True
+
+    def _no_default(self, client_id: str, message: str | bytes) -> None:
+        # No backend of `default` is registered: a routed message gets an
+        # error, anything else is dropped (and counted).
+        peeked = self._peek(client_id, message) if self._named else None
+        if peeked is not None:
+            self._unavailable(client_id, peeked[0], peeked[1], DEFAULT_SERVICE)
+            return
+        self.settings.metrics.dropped("no_backend")
+        self._limited.warn(
+            "no_backend",
+            "dropped a message of client {client_id}: no backend of the default service is "
+            "registered",
+            client_id=client_id,
+        )
+
+    def _unavailable(self, client_id: str, codec: Codec, inbound: Inbound, service: str) -> None:
+        self.settings.metrics.dropped(SERVICE_UNAVAILABLE)
+        self._limited.warn(
+            "unavailable:" + service,
+            "answered {route!r} of client {client_id} with service_unavailable: service "
+            "{service} has no live backend",
+            route=inbound.route,
+            client_id=client_id,
+            service=service,
+        )
+        error = codec.encode_error(
+            inbound.id, inbound.route, SERVICE_UNAVAILABLE,
+            f"service {service!r} has no live backend",
+        )
+        self.settings.gate.send_to_clients([client_id], error)
 
     def client_closed(self, client_id: str) -> None:
         """
-        Queue the close for the client's backend, and forget the client.
+        Queue the close for the client's backend of ``default``, and of every
+        other service that wants client events or that the client sent
+        messages to; then forget the client.
         """
+        self._codecs.pop(client_id, None)
+        routes = self._routes.pop(client_id, None)
         entry = self._waiting.get(client_id)
+        if entry is not None and entry.events and entry.events[0][0] == "connect":
+            # No backend ever heard of it: nothing to close.
+            del self._waiting[client_id]
+            return
+        if routes or self._event_services:
+            self._close_elsewhere(client_id, routes or {})
         if entry is not None:
-            if entry.events and entry.events[0][0] == "connect":
-                # No backend ever heard of it: nothing to close.
-                del self._waiting[client_id]
-                return
             entry.events.append(("closed", None, None))
             return
         owner = self._owner(client_id)
         self._assigned.pop(client_id, None)
-        if owner is None:
-            self._wait(client_id, ("closed", None, None))
-        else:
+        if owner is not None:
             owner.closed(client_id)
+        elif self._default_expected:
+            self._wait(client_id, ("closed", None, None))
+
+    def _close_elsewhere(self, client_id: str, routes: dict[str, BackendConnection]) -> None:
+        services = set(self._event_services)
+        services.update(routes)
+        for service in sorted(services):
+            owner = routes.get(service)
+            if owner is None or owner.gone or owner.draining:
+                owner = self._pick(client_id, self._live.get(service, []))
+            if owner is not None:
+                owner.closed(client_id)
+            elif service in routes:
+                self.settings.metrics.dropped("no_backend")
 
     # -- clients waiting for a backend ------------------------------------------------------
 
@@ -649,12 +981,18 @@ class BackendPool:
 
     def _replay(self, client_id: str, entry: _Waiting) -> None:
         owner = self._owner(client_id)
-        if owner is None:
+        if owner is None and self._default_expected:
             self._waiting[client_id] = entry
             return
         for kind, argument, outcome in entry.events:
-            if kind == "connect":
-                self._connect(owner, client_id, argument, len(self._connections)).chainDeferred(
+            if owner is None:
+                # No `default` backend is registered any more.
+                if kind == "connect":
+                    outcome.callback(None)
+                elif kind == "message":
+                    self._no_default(client_id, argument)
+            elif kind == "connect":
+                self._connect(owner, client_id, argument, len(self._defaults)).chainDeferred(
                     outcome
                 )
             elif kind == "message":
@@ -737,7 +1075,10 @@ class BackendDiscovery(Service):
                     )
                     continue
                 self._registered.add(backend_id)
-                self._pool.add(backend_id, endpoint)
+                service = info.get("service")
+                self._pool.add(
+                    backend_id, endpoint, service if isinstance(service, str) else None
+                )
             for backend_id in list(self._registered - set(live)):
                 self._registered.discard(backend_id)
                 self._pool.remove(backend_id)
