@@ -66,6 +66,11 @@ VERSIONED = (
 
 PUBLISH_START = "<!-- bench-report:start -->"
 PUBLISH_END = "<!-- bench-report:end -->"
+#: The routed section (routed messages, service calls, JWT) has markers of
+#: its own, so publishing one part of the suite leaves the other as it was.
+ROUTED_START = "<!-- bench-routed:start -->"
+ROUTED_END = "<!-- bench-routed:end -->"
+ROUTED_HEADING = "## Routed messages, RPC and authentication"
 
 
 # --------------------------------------------------------------------------
@@ -259,33 +264,56 @@ def cmd_report(opts: argparse.Namespace) -> int:
     return 0
 
 
+def _replace_between(text: str, start: str, end: str, body: str) -> str:
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    return f"{head}{start}\n{body.strip()}\n{end}{tail}"
+
+
 def cmd_publish(opts: argparse.Namespace) -> int:
     """
-    ``publish``: put the latest report into docs/performance.md (between its
-    markers) and its plots into docs/images/.
+    ``publish``: put the latest report into docs/performance.md and its plots
+    into docs/images/. Each part the results hold replaces only its own part
+    of the page: P1-P8 between the ``bench-report`` markers, the routed
+    scenarios (``--only R1,R2,S1,S32,A1``) between the ``bench-routed``
+    markers (the section is appended when the page has none yet).
     """
     import report
 
     out = opts.out.resolve()
     meta = json.loads((out / "meta.json").read_text())
+    scenarios = report.load(out)
+    sections = {report.section_of(sc) for sc in scenarios}
     images = DOCS / "images"
     images.mkdir(parents=True, exist_ok=True)
     report.write_report(out, meta, image_prefix="images/")
     text = (out / "report.md").read_text(encoding="utf-8")
     report.write_report(out, meta)  # the results directory keeps local links
+    plots = {f"bench-{sc['scenario']}.png" for sc in scenarios}
+    if "targets" in sections:
+        plots.add("bench-targets.png")
     for png in out.glob("bench-*.png"):
-        shutil.copy2(png, images / png.name)
-    body = text.split("\n", 1)[1].replace("\n## ", "\n### ").replace("\n### ", "\n### ")
+        if png.name in plots:  # another part's plots stay as published
+            shutil.copy2(png, images / png.name)
     page = DOCS / "performance.md"
     current = page.read_text(encoding="utf-8") if page.exists() else (
         f"# Performance\n\n{PUBLISH_START}\n{PUBLISH_END}\n")
-    if PUBLISH_START not in current or PUBLISH_END not in current:
-        print(f"bench: error: {page} lacks the {PUBLISH_START} markers", file=sys.stderr)
-        return 1
-    head, rest = current.split(PUBLISH_START, 1)
-    tail = rest.split(PUBLISH_END, 1)[1]
-    page.write_text(f"{head}{PUBLISH_START}\n{body.strip()}\n{PUBLISH_END}{tail}", encoding="utf-8")
-    print(f"{page} updated; plots in {images}")
+    routed_text = ""
+    if "\n## Routed messages, RPC and authentication\n" in text:
+        text, routed_text = text.split("\n## Routed messages, RPC and authentication\n", 1)
+    if "targets" in sections:
+        if PUBLISH_START not in current or PUBLISH_END not in current:
+            print(f"bench: error: {page} lacks the {PUBLISH_START} markers", file=sys.stderr)
+            return 1
+        body = text.split("\n", 1)[1].replace("\n## ", "\n### ")
+        current = _replace_between(current, PUBLISH_START, PUBLISH_END, body)
+    if routed_text:
+        if ROUTED_START not in current or ROUTED_END not in current:
+            current = (f"{current.rstrip()}\n\n{ROUTED_HEADING}\n\n"
+                       f"{ROUTED_START}\n{ROUTED_END}\n")
+        current = _replace_between(current, ROUTED_START, ROUTED_END, routed_text)
+    page.write_text(current, encoding="utf-8")
+    print(f"{page} updated ({', '.join(sorted(sections))}); plots in {images}")
     return 0
 
 

@@ -166,8 +166,10 @@ class RpcBenchApp(RoutedEchoApp):
                 try:
                     await self.fabric.call(service, "bench.echo", payload, timeout=10.0)
                 except Exception as exc:  # counted and reported, not raised
+                    # a failed call may fail at once (service_unavailable):
+                    # this worker stops rather than spin on the reactor
                     errors.append(type(exc).__name__)
-                    continue
+                    return
                 latencies.append(time.perf_counter() - t0)
 
         await DeferredList(

@@ -165,7 +165,10 @@ def scenario_section(sc: dict[str, Any], image_prefix: str) -> list[str]:
     if sc.get("note"):
         out += [f"> Note: {sc['note']}.", ""]
     if sc.get("loadgen_args"):
-        cmd = " ".join(a for a in sc["loadgen_args"] if not a.startswith("ws://"))
+        args = sc["loadgen_args"]
+        cmd = " ".join(a for i, a in enumerate(args) if not a.startswith("ws://")
+                       and not (a == "--url" and i + 1 < len(args)
+                                and args[i + 1].startswith("ws://")))
         out += [f"Load: `{cmd}` (URLs left out)", ""]
     header = f"| server | {METRIC_LABELS.get(metric, metric)} | " + " | ".join(
         h for _, h, _ in COLUMNS) + " | runs ok/failed |"
@@ -217,6 +220,128 @@ def profile_lines(prof: dict[str, Any], top: int = 12) -> list[str]:
     return [*out, ""]
 
 
+def section_of(sc: dict[str, Any]) -> str:
+    """:return: the report section of a scenario line (``targets`` or ``routed``)."""
+    return sc.get("section", "targets")
+
+
+def _cell(fig: dict[str, Any], key: str, fmt: str = ",.0f") -> str:
+    return spread_text(fig.get(key), fmt) if fig.get(key) else "n/a"
+
+
+def _ratio(sc: dict[str, Any], pair: str, table: str = "ratios_per_server_cpu") -> str:
+    values = sc.get(table, {}).get(pair)
+    return spread_text(values, ".3f") if values else ""
+
+
+def routed_summary(scenarios: list[dict[str, Any]]) -> list[str]:
+    """
+    :return: the summary tables of the routed section: routed round trips
+        beside raw echo, service calls beside cluster echo, connection rate
+        with and without JWT; every figure median [min – max], every ratio
+        paired within a repetition.
+    """
+    by_name = {sc["scenario"]: sc for sc in scenarios}
+    out: list[str] = []
+    routed, latency = by_name.get("routed"), by_name.get("routed-latency")
+    if routed or latency:
+        out += [
+            "### Routed request/response (`bench.echo`, 64-character data)",
+            "",
+            "| server | round trips/s (100 conns x 8) | per server CPU-second | "
+            "÷ its raw echo, per CPU-second | p50 µs at 2,000/s | p99 µs at 2,000/s | "
+            "÷ its raw echo, p50 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in (routed or latency)["servers"]:
+            base = "wsfabric-cluster-echo" if "cluster" in name else "wsfabric-echo"
+            pair = f"{name}/{base}"
+            rf = routed["figures"].get(name, {}) if routed else {}
+            lf = latency["figures"].get(name, {}) if latency else {}
+            per_cpu = "" if name == base else _ratio(routed or {}, pair)
+            p50_ratio = ("" if name == base or latency is None
+                         else _ratio(latency, pair, "ratios"))
+            out.append(
+                f"| {name} | {_cell(rf, 'msgs_per_s')} | {_cell(rf, 'units_per_server_cpu_s')} "
+                f"| {per_cpu} | {_cell(lf, 'latency_p50_us')} | {_cell(lf, 'latency_p99_us')} "
+                f"| {p50_ratio} |"
+            )
+        out.append("")
+    rpc = [by_name[k] for k in sorted(by_name) if k.startswith("rpc-c")]
+    if rpc:
+        out += [
+            "### Service-to-service calls (backend a → Redis → backend b → Redis → a)",
+            "",
+            "| in flight | server | round trips/s | per server CPU-second | p50 µs | p99 µs "
+            "| RPC ÷ cluster echo (rate) | (per CPU-second) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for sc in sorted(rpc, key=lambda sc: int(sc["scenario"][5:])):
+            for name in sc["servers"]:
+                fig = sc["figures"].get(name, {})
+                pair = f"{name}/{sc['servers'][0]}"
+                rate = _ratio(sc, pair, "ratios") if name != sc["servers"][0] else ""
+                cpu = _ratio(sc, pair) if name != sc["servers"][0] else ""
+                out.append(
+                    f"| {sc['scenario'][5:]} | {name} | {_cell(fig, 'msgs_per_s')} "
+                    f"| {_cell(fig, 'units_per_server_cpu_s')} | {_cell(fig, 'latency_p50_us')} "
+                    f"| {_cell(fig, 'latency_p99_us')} | {rate} | {cpu} |"
+                )
+        out.append("")
+    conn = by_name.get("connrate-jwt")
+    if conn:
+        out += [
+            "### Connection rate with and without JWT (16 concurrent cycles)",
+            "",
+            "| server | cycles/s | cycles per gate (or server) CPU-second | "
+            "÷ no authentication, per gate CPU-second | µs of gate CPU per cycle |",
+            "|---|---|---|---|---|",
+        ]
+        for name in conn["servers"]:
+            fig = conn["figures"].get(name, {})
+            base = "wsfabric-cluster-echo" if "cluster" in name else "wsfabric-echo"
+            ratio = "" if name == base else _ratio(conn, f"{name}/{base}",
+                                                   "ratios_per_holder_cpu")
+            holder = fig.get("units_per_holder_cpu_s")
+            us = (f"{1e6 / holder['median']:,.0f}" if holder and holder["median"] else "n/a")
+            out.append(
+                f"| {name} | {_cell(fig, 'cycles_per_s')} "
+                f"| {_cell(fig, 'units_per_holder_cpu_s')} | {ratio} | {us} |"
+            )
+        out.append("")
+    return out
+
+
+def routed_section(
+    scenarios: list[dict[str, Any]], meta: dict[str, Any], image_prefix: str
+) -> list[str]:
+    """:return: the body of the routed section: how it was made, summary, scenarios."""
+    mine = [sc for sc in scenarios if section_of(sc) == "routed"]
+    if not mine:
+        return []
+    how = "quick: 1 repetition" if meta["quick"] else f"{meta['reps']} repetitions"
+    out = [
+        f"Made by `{meta['command']}` on {meta['time']} ({how}, "
+        f"{meta.get('duration_s', 0):.0f} s), on the machine of the report above unless "
+        f"stated: {meta['machine'].get('CPU', '?')}, {meta['machine'].get('pinning', '')}; "
+        f"wsfabric {meta['versions'].get('wsfabric', '?')}.",
+        "",
+        "Every figure is the median [min – max] over the repetitions; every ratio divides "
+        "by the baseline **of the same repetition** (servers started fresh, back to back, "
+        "order alternated). Throughput ratios are per server CPU-second (all the server's "
+        "processes on one core), which holds when other work on this shared machine takes "
+        "part of that core; the connection-rate ratios are per gate (or standalone "
+        "server) CPU-second, as P8 counts.",
+        "",
+        *routed_summary(mine),
+    ]
+    out += ["### Each scenario", ""]
+    for sc in mine:
+        out += [("#" + line) if line.startswith("### ") else line
+                for line in scenario_section(sc, image_prefix)]
+    return out
+
+
 def write_report(results: Path, meta: dict[str, Any], image_prefix: str = "") -> Path:
     """
     Write ``report.md`` and the plots into ``results``.
@@ -254,19 +379,24 @@ def write_report(results: Path, meta: dict[str, Any], image_prefix: str = "") ->
     ]
     lines += [f"- {key}: {value}" for key, value in meta["machine"].items()]
     lines += [f"- {key} {value}" for key, value in meta["versions"].items()]
-    lines += [
-        "",
-        "## Targets",
-        "",
-        *targets_table(scenarios),
-        "",
-        f"![targets]({image_prefix}bench-targets.png)",
-        "",
-        "## Scenarios",
-        "",
-    ]
-    for sc in scenarios:
-        lines += scenario_section(sc, image_prefix)
+    targets = [sc for sc in scenarios if section_of(sc) == "targets"]
+    if targets:
+        lines += [
+            "",
+            "## Targets",
+            "",
+            *targets_table(targets),
+            "",
+            f"![targets]({image_prefix}bench-targets.png)",
+            "",
+            "## Scenarios",
+            "",
+        ]
+        for sc in targets:
+            lines += scenario_section(sc, image_prefix)
+    routed = routed_section(scenarios, meta, image_prefix)
+    if routed:
+        lines += ["", "## Routed messages, RPC and authentication", "", *routed]
     path = results / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

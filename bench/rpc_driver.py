@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: Calls a run may make at most, whatever its duration.
 MAX_CALLS = 2_000_000
+#: How long the backends may take to register their services.
+READY_TIMEOUT_S = 30.0
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -71,7 +73,10 @@ async def drive(reactor: Any, opts: argparse.Namespace) -> dict[str, Any]:
 
     :return: the result object (``ok`` false with ``error`` on failure).
     """
+    from twisted.internet.task import deferLater
+
     import wsfabric
+    from wsfabric.errors import RemoteError
 
     fabric = wsfabric.connect(opts.redis, cluster_secret=os.environ["WSFABRIC_CLUSTER_SECRET"])
     await fabric.when_ready(timeout=15.0)
@@ -79,9 +84,23 @@ async def drive(reactor: Any, opts: argparse.Namespace) -> dict[str, Any]:
     request = {"service": opts.callee, "concurrency": concurrency, "count": MAX_CALLS,
                "data": "x" * opts.size}
     try:
-        if opts.warmup > 0:
-            await fabric.call(opts.service, "bench.rpc", {**request, "seconds": opts.warmup},
-                              timeout=opts.warmup + 30)
+        # Until both backends have registered (and a's registry cache sees b),
+        # calls fail with service_unavailable: retry the warm-up, bounded.
+        ready_by = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                warm = await fabric.call(
+                    opts.service, "bench.rpc", {**request, "seconds": max(opts.warmup, 0.2)},
+                    timeout=opts.warmup + 30)
+            except RemoteError as exc:
+                if exc.code != "service_unavailable" or time.monotonic() > ready_by:
+                    raise
+                warm = None
+            if warm is not None and warm["calls"] and not warm["errors"]:
+                break
+            if time.monotonic() > ready_by:
+                raise RuntimeError(f"the warm-up calls kept failing: {warm}")
+            await deferLater(reactor, 0.2, lambda: None)
         cpu0 = _cpu()
         print(f"EVENT measure_start {time.monotonic():.6f}", file=sys.stderr, flush=True)
         answer = await fabric.call(opts.service, "bench.rpc",

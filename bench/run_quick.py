@@ -87,6 +87,10 @@ class ClusterSpec:
     app: str
     gates: int = 1
     backends: int = 1
+    #: ``--service`` of each backend, in order (missing ones: the default).
+    services: tuple[str, ...] = ()
+    #: extra options of every gate (``{jwt_secret}``, ``{jwt_public_key}`` filled in).
+    gate_options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,21 @@ class Server:
     :ivar cluster: a wsfabric cluster instead of ``argv`` (implies Redis).
     :ivar wsload: wsload flags and values that replace the scenario's for
         this server (e.g. ``("-c", "500")``).
+    :ivar wsload_extra: arguments appended to wsload's as they are
+        (``--binary``, ``--subprotocol NAME``); ``{proto_echo_payload}``
+        becomes a file holding a protobuf ``Envelope`` request for route
+        ``bench.echo`` whose data is a ``-s``-character JSON string.
+    :ivar driver: a load driver that replaces wsload for this server: the
+        command, run (pinned to CPU 1) with the scenario's wsload arguments,
+        ``{redis_url}`` filled in and ``WSFABRIC_CLUSTER_SECRET`` in its
+        environment; it prints wsload-shaped JSON and EVENT lines
+        (``bench/rpc_driver.py``).
+    :ivar auth: ``"hs256"`` or ``"es256"``: fresh JWT keys for every run
+        (``{jwt_secret}``, ``{jwt_public_key}`` in the command and gate
+        options) and one token per URL: wsload gets
+        :data:`AUTH_URLS` URLs per gate, each ``?token=`` for its own uid,
+        so with ``-c`` up to that many every concurrent connection has its
+        own uid.
     """
 
     argv: tuple[str, ...] = ()
@@ -115,18 +134,25 @@ class Server:
     redis: bool = False
     cluster: ClusterSpec | None = None
     wsload: tuple[str, ...] = ()
+    wsload_extra: tuple[str, ...] = ()
+    driver: tuple[str, ...] | None = None
+    auth: str | None = None
 
     def describe(self) -> str:
         """:return: one line for ``--list``."""
         if self.cluster is not None:
             c = self.cluster
+            services = f" (services {', '.join(c.services)})" if c.services else ""
+            auth = f", JWT {self.auth}" if self.auth else ""
+            driver = f", driven by {' '.join(self.driver[1:])}" if self.driver else ""
             return (
                 f"path {self.path}: cluster of {c.gates} gate(s) + {c.backends} backend(s) "
-                f"--app {c.app} + redis-server"
+                f"--app {c.app}{services} + redis-server{auth}{driver}"
             )
         extra = f"{self.copies} x " if self.copies > 1 else ""
         extra += "(+ redis-server) " if self.redis else ""
-        over = f" [wsload {' '.join(self.wsload)}]" if self.wsload else ""
+        over = " ".join((*self.wsload, *self.wsload_extra))
+        over = f" [wsload {over}]" if over else ""
         return f"path {self.path}: {extra}{' '.join(self.argv)}{over}"
 
 
@@ -141,6 +167,27 @@ def _twistd_standalone(app: str) -> tuple[str, ...]:
         "--listen",
         "tcp:{port}:interface=127.0.0.1",
     )
+
+
+#: The prefix and suffix that put wsload's message body into a JSON
+#: envelope for route ``bench.echo``: its data is a ``-s``-character string.
+ROUTED_JSON = (
+    "--subprotocol", "wsfabric.json",
+    "--prefix", '{"route":"bench.echo","id":1,"data":"', "--suffix", '"}',
+)
+#: The same request in the protobuf codec, built once per run by
+#: :func:`proto_echo_payload`.
+ROUTED_PROTO = (
+    "--subprotocol", "wsfabric.proto", "--binary", "--payload-file", "{proto_echo_payload}",
+)
+#: JWT scenarios: tokens (uids) per gate URL; wsload takes at most 16 URLs.
+AUTH_URLS = 16
+#: Options that make a standalone server or a gate require a JWT.
+JWT_OPTIONS = {
+    "hs256": ("--jwt-secret", "{jwt_secret}"),
+    "es256": ("--jwt-public-key", "{jwt_public_key}"),
+}
+_RPC_DRIVER = (PYTHON, str(BENCH / "rpc_driver.py"), "--redis", "{redis_url}")
 
 
 _REDIS_GROUP_PEER = (
@@ -181,6 +228,40 @@ SERVERS: dict[str, Server] = {
     "wsfabric-cluster-echo": Server(
         path="/ws", cluster=ClusterSpec("examples.echo.app:EchoApp", gates=1, backends=1)
     ),
+    # Routed request/response: a Router's bench.echo route, JSON and protobuf.
+    **{
+        f"wsfabric-routed-{codec}": Server(
+            _twistd_standalone("bench.apps:RoutedEchoApp"), path="/ws", wsload_extra=extra
+        )
+        for codec, extra in (("json", ROUTED_JSON), ("proto", ROUTED_PROTO))
+    },
+    **{
+        f"wsfabric-cluster-routed-{codec}": Server(
+            path="/ws", cluster=ClusterSpec("bench.apps:RoutedEchoApp"), wsload_extra=extra
+        )
+        for codec, extra in (("json", ROUTED_JSON), ("proto", ROUTED_PROTO))
+    },
+    # Service-to-service calls: backend "a" calls backend "b" through Redis,
+    # driven from outside the cluster (no gate, no WebSocket).
+    "wsfabric-rpc": Server(
+        cluster=ClusterSpec("bench.apps:RpcBenchApp", gates=0, backends=2, services=("a", "b")),
+        driver=_RPC_DRIVER,
+    ),
+    # Connection rate with client authentication (JWT in ?token=).
+    **{
+        f"wsfabric-echo-jwt-{alg}": Server(
+            _twistd_standalone("examples.echo.app:EchoApp") + options, path="/ws", auth=alg
+        )
+        for alg, options in JWT_OPTIONS.items()
+    },
+    **{
+        f"wsfabric-cluster-echo-jwt-{alg}": Server(
+            path="/ws",
+            cluster=ClusterSpec("examples.echo.app:EchoApp", gate_options=options),
+            auth=alg,
+        )
+        for alg, options in JWT_OPTIONS.items()
+    },
     # Group fan-out: every client joins group "g", a message goes to the group.
     "wsfabric-group": Server(_twistd_standalone("bench.apps:GroupApp"), path="/ws"),
     "wsfabric-cluster-group": Server(
@@ -514,6 +595,78 @@ def pin_pid(pid: int, cpu: int, enabled: bool) -> None:
 
 
 # --------------------------------------------------------------------------
+# Per-run inputs: JWT keys and tokens, the protobuf request
+
+
+@dataclass
+class Credentials:
+    """
+    Fresh JWT keys for one run and one token per uid (``u0``, ``u1``...),
+    valid for an hour.
+
+    :ivar values: placeholders for commands (``{jwt_secret}``,
+        ``{jwt_public_key}``: a PEM file).
+    :ivar tokens: the tokens, one per uid.
+    """
+
+    values: dict[str, str]
+    tokens: list[str]
+
+    @classmethod
+    def make(cls, algorithm: str, directory: Path, count: int = AUTH_URLS) -> Credentials:
+        """
+        :param algorithm: ``"hs256"`` (a 64-character secret) or ``"es256"``
+            (a P-256 key pair; the public key written to ``directory``).
+        :return: the keys and ``count`` tokens.
+        """
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        claims = [{"sub": f"u{i}", "exp": int(time.time()) + 3600} for i in range(count)]
+        if algorithm == "hs256":
+            secret = secrets.token_hex(32)
+            tokens = [jwt.encode(c, secret, algorithm="HS256") for c in claims]
+            return cls({"{jwt_secret}": secret}, tokens)
+        if algorithm != "es256":
+            raise ValueError(f"unknown JWT algorithm {algorithm!r}")
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        path = directory / f"jwt-es256-{os.getpid()}-{secrets.token_hex(4)}.pub"
+        path.write_bytes(pem)
+        tokens = [jwt.encode(c, key, algorithm="ES256") for c in claims]
+        return cls({"{jwt_public_key}": str(path)}, tokens)
+
+
+def proto_echo_payload(directory: Path, size: int) -> Path:
+    """
+    Write the protobuf request of the routed scenarios once: an ``Envelope``
+    for route ``bench.echo``, id 1, whose data is the JSON string of ``size``
+    characters that the JSON codec's request carries (``@`` + 16 hex digits
+    where wsload puts its stamp, then ``x``), as UTF-8 JSON bytes: the
+    route declares no protobuf type (docs/routing.md).
+
+    :return: the file.
+    """
+    from wsfabric.routing.envelope_pb2 import Envelope
+
+    body = "@" + "0" * 16 + "x" * max(0, size - 17)
+    data = json.dumps(body).encode()
+    path = directory / f"proto-echo-{size}.bin"
+    path.write_bytes(Envelope(route="bench.echo", id=1, data=data).SerializeToString())
+    return path
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """:return: ``text`` with every ``{placeholder}`` of ``values`` replaced."""
+    for key, value in values.items():
+        text = text.replace(key, value)
+    return text
+
+
+# --------------------------------------------------------------------------
 # A deployment: the server side of one run (one process, copies, a cluster)
 
 
@@ -546,6 +699,8 @@ class Deployment:
         self.members: list[Member] = []
         self.urls: list[str] = []
         self.redis_port: int | None = None
+        self.cluster_secret: str | None = None
+        self.credentials: Credentials | None = None
 
     @property
     def pids(self) -> dict[str, int]:
@@ -559,6 +714,8 @@ class Deployment:
         :raises RuntimeError: if anything fails to start in time (what did
             start stays in :attr:`members`: call :meth:`stop`).
         """
+        if self.server.auth is not None:
+            self.credentials = Credentials.make(self.server.auth, self.log_stem.parent)
         if self.server.redis or self.server.cluster is not None:
             self._start_redis()
         if self.server.cluster is not None:
@@ -566,6 +723,11 @@ class Deployment:
         else:
             for copy in range(self.server.copies):
                 self._start_command("server" if self.server.copies == 1 else f"server{copy}")
+        if self.credentials is not None:
+            # one URL per uid, every gate's: with -c <= AUTH_URLS, connection
+            # i always carries uid i, and no two open at once share a uid
+            self.urls = [f"{url}?token={token}" for token in self.credentials.tokens
+                         for url in self.urls]
 
     def dead(self) -> str | None:
         """:return: a message if a server process has exited, else ``None``."""
@@ -623,18 +785,19 @@ class Deployment:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
+    @property
+    def values(self) -> dict[str, str]:
+        """Placeholders for commands: Redis, JWT keys (``{port}`` is per process)."""
+        values = {"{redis_port}": str(self.redis_port), "{redis_url}": self.redis_url}
+        if self.credentials is not None:
+            values.update(self.credentials.values)
+        return values
+
     def _start_command(self, role: str) -> None:
         port = free_port()
-        values = {"{port}": str(port), "{redis_port}": str(self.redis_port)}
-        values["{redis_url}"] = self.redis_url
-
-        def fill(text: str) -> str:
-            for key, value in values.items():
-                text = text.replace(key, value)
-            return text
-
-        argv = [fill(arg) for arg in self.server.argv]
-        env = {key: fill(value) for key, value in self.server.env.items()}
+        values = {"{port}": str(port), **self.values}
+        argv = [fill(arg, values) for arg in self.server.argv]
+        env = {key: fill(value, values) for key, value in self.server.env.items()}
         log_path = Path(f"{self.log_stem}-{role}.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -654,23 +817,27 @@ class Deployment:
     def _start_cluster(self, spec: ClusterSpec) -> None:
         from wsfabric.testing.processes import BackendNode, GateNode
 
-        secret = secrets.token_hex(16)
+        secret = self.cluster_secret = secrets.token_hex(16)
         log_dir = str(self.log_stem.parent)
         stem = self.log_stem.name
         common = {"cwd": str(self.server.cwd), "env": self.server.env, "log_dir": log_dir}
         nodes: list[tuple[str, Any]] = []
         for i in range(spec.backends):
+            service = ("--service", spec.services[i]) if i < len(spec.services) else ()
             nodes.append(
                 (
                     f"backend{i}",
                     BackendNode(
-                        spec.app, self.redis_url, secret, name=f"{stem}-backend{i}", **common
+                        spec.app, self.redis_url, secret, options=service,
+                        name=f"{stem}-backend{i}", **common
                     ),
                 )
             )
+        gate_options = [fill(arg, self.values) for arg in spec.gate_options]
         for i in range(spec.gates):
             nodes.append(
-                (f"gate{i}", GateNode(self.redis_url, secret, name=f"{stem}-gate{i}", **common))
+                (f"gate{i}", GateNode(self.redis_url, secret, options=gate_options,
+                                      name=f"{stem}-gate{i}", **common))
             )
         gates = []
         for role, node in nodes:
@@ -954,9 +1121,24 @@ def run_once(
             if deployment.urls:
                 record["port"] = int(deployment.urls[0].split(":")[2].split("/")[0])
         time.sleep(SETTLE_S)
-        urls = [arg for url in deployment.urls for arg in ("--url", url)]
-        cmd = pin(1, pinning) + [str(ensure_wsload()), *wsload_args[:1], *urls, *wsload_args[1:]]
-        record["loadgen_cmd"] = cmd
+        values = dict(deployment.values)
+        if "{proto_echo_payload}" in server.wsload_extra:
+            size = int(wsload_args[wsload_args.index("-s") + 1]) if "-s" in wsload_args else 64
+            values["{proto_echo_payload}"] = str(proto_echo_payload(log_dir, size))
+        extra = [fill(arg, values) for arg in server.wsload_extra]
+        env = dict(os.environ)
+        if server.driver is not None:
+            cmd = pin(1, pinning) + [fill(arg, values) for arg in server.driver]
+            cmd += [*wsload_args, *extra]
+            env["WSFABRIC_CLUSTER_SECRET"] = deployment.cluster_secret or ""
+        else:
+            urls = [arg for url in deployment.urls for arg in ("--url", url)]
+            cmd = pin(1, pinning) + [str(ensure_wsload()), *wsload_args[:1], *urls,
+                                     *wsload_args[1:], *extra]
+        # tokens are credentials: the record names them, never holds them
+        record["loadgen_cmd"] = [
+            arg.split("?token=")[0] + "?token=..." if "?token=" in arg else arg for arg in cmd
+        ]
         pids = deployment.pids
         if profile:
             seconds = float(wsload_args[wsload_args.index("-d") + 1]) if "-d" in wsload_args else 10
@@ -964,7 +1146,8 @@ def run_once(
         before = take_sample(pids)
         events = Events()
         loadgen = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=ROOT, env=env,
         )
         # stderr belongs to the event reader alone (communicate() would race
         # it for the EVENT lines), so stdout is collected by a thread of its own.
@@ -1005,7 +1188,7 @@ def run_once(
             raise RuntimeError(
                 f"wsload printed no result: {' | '.join(events.stderr_tail)}"
             ) from None
-        record["loadgen"] = result
+        record["loadgen"] = redact_tokens(result)
         record.update(derive_figures(result, before, events))
         record["ok"] = bool(result.get("ok")) and scenario.metric in record
         if not record["ok"]:
@@ -1023,6 +1206,21 @@ def run_once(
             profilers.kill()
         deployment.stop()
     return record
+
+
+def redact_tokens(result: dict[str, Any]) -> dict[str, Any]:
+    """:return: wsload's JSON with the ``?token=`` of its URLs replaced by ``...``."""
+
+    def clean(url: Any) -> Any:
+        return url.split("?token=")[0] + "?token=..." if isinstance(url, str) and (
+            "?token=" in url) else url
+
+    out = dict(result)
+    if "url" in out:
+        out["url"] = clean(out["url"])
+    if isinstance(out.get("urls"), list):
+        out["urls"] = [clean(url) for url in out["urls"]]
+    return out
 
 
 def derive_figures(result: dict[str, Any], before: Sample, events: Events) -> dict[str, Any]:
@@ -1214,6 +1412,11 @@ def summarize(
         per_cpu = paired_ratios(runs, srv, base, "units_per_server_cpu_s")
         if per_cpu is not None:
             summary["ratios_per_server_cpu"][pair] = per_cpu
+        # per CPU-second of the processes holding the WebSockets (a gate):
+        # P8's "per gate core"
+        per_holder = paired_ratios(runs, srv, base, "units_per_holder_cpu_s")
+        if per_holder is not None:
+            summary.setdefault("ratios_per_holder_cpu", {})[pair] = per_holder
     return summary
 
 

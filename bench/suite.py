@@ -73,6 +73,12 @@ class Target:
     :ivar quick: replacements for ``--quick`` (flag -> value).
     :ivar checks: what decides met / not met.
     :ivar note: a caveat for the report.
+    :ivar comparisons: further ``(server, baseline)`` ratios to report
+        (besides every server's ratio to the first one).
+    :ivar section: where the report and ``publish`` put it: ``"targets"``
+        (P1-P8, TARGETS.md) or ``"routed"`` (routed messages, service
+        calls and authentication: figures beside their baselines, no
+        targets yet).
     """
 
     key: str
@@ -86,6 +92,8 @@ class Target:
     quick: dict[str, str]
     checks: tuple[Check, ...]
     note: str = ""
+    comparisons: tuple[tuple[str, str], ...] = ()
+    section: str = "targets"
 
     @property
     def baseline(self) -> str:
@@ -121,6 +129,17 @@ def source_binds(conns: int) -> list[str]:
 
 _ECHO = ("echo", "-c", "100", "-w", "8", "-s", "64", "-d", "6", "--warmup", "2")
 _ECHO_QUICK = {"-d": "2", "--warmup": "1"}
+_LATENCY = ("latency", "-c", "100", "-r", "2000", "-s", "64", "-d", "6", "--warmup", "2")
+_ROUTED_SERVERS = (
+    "wsfabric-echo", "wsfabric-routed-json", "wsfabric-routed-proto",
+    "wsfabric-cluster-echo", "wsfabric-cluster-routed-json", "wsfabric-cluster-routed-proto",
+)
+_ROUTED_COMPARISONS = (
+    ("wsfabric-cluster-routed-json", "wsfabric-cluster-echo"),
+    ("wsfabric-cluster-routed-proto", "wsfabric-cluster-echo"),
+    ("wsfabric-routed-proto", "wsfabric-routed-json"),
+    ("wsfabric-cluster-routed-proto", "wsfabric-cluster-routed-json"),
+)
 _FANOUT = (
     "broadcast", "-c", "1000", "--pub-window", "8", "-s", "64", "-d", "5", "--warmup", "3",
 )
@@ -228,7 +247,7 @@ def targets() -> list[Target]:
             servers=("autobahn-echo", "wsfabric-cluster-echo", "wsfabric-echo"),
             metric="latency_p50_us",
             higher_is_better=False,
-            wsload=("latency", "-c", "100", "-r", "2000", "-s", "64", "-d", "6", "--warmup", "2"),
+            wsload=_LATENCY,
             quick=_ECHO_QUICK,
             checks=(
                 Check("cluster p50 / raw p50", "wsfabric-cluster-echo", "latency_p50_us",
@@ -285,6 +304,104 @@ def targets() -> list[Target]:
                 Check("standalone cycles per server CPU-second", "wsfabric-echo",
                       "units_per_holder_cpu_s", ">=", 2000.0),
             ),
+        ),
+        *routed_targets(),
+    ]
+
+
+def routed_targets() -> list[Target]:
+    """
+    :return: the scenarios of routed messages (issue 4), service-to-service
+        calls (issue 7) and authenticated connections (issue 5), each beside
+        its unrouted, uncalled or unauthenticated baseline in the same run.
+    """
+    routed = (
+        "a Router's route bench.echo answering each request with its data: JSON codec "
+        "(subprotocol wsfabric.json, text {\"route\":\"bench.echo\",\"id\":1,\"data\":"
+        "\"<64 characters>\"}) and protobuf codec (wsfabric.proto, a binary Envelope, route "
+        "bench.echo, id 1, data: the same string as UTF-8 JSON, since the route declares "
+        "no protobuf type), beside the raw on_message echo app; standalone, and a cluster "
+        "of 1 gate + 1 backend + Redis on one core"
+    )
+    rpc = (
+        "{c} call(s) in flight from backend a to backend b (fabric.call(\"b\", "
+        "\"bench.echo\", <64 characters>), Redis pub/sub both ways; 2 backends + Redis on "
+        "one core, no gate; the calls run inside backend a, started from outside the cluster "
+        "by bench/rpc_driver.py with wsfabric.connect().call(\"a\", \"bench.rpc\", ...)), "
+        "beside the cluster echo with {c} message(s) in flight (client -> gate -> backend "
+        "-> gate -> client, 1 gate + 1 backend + Redis)"
+    )
+    return [
+        Target(
+            key="R1",
+            title="R1 routed request/response: round trips/s at 100 connections x 8 in flight",
+            scenario="routed",
+            description="echo, 100 conns x 8 in flight; " + routed,
+            servers=_ROUTED_SERVERS,
+            metric="msgs_per_s",
+            higher_is_better=True,
+            wsload=_ECHO,
+            quick=_ECHO_QUICK,
+            checks=(),
+            comparisons=_ROUTED_COMPARISONS,
+            section="routed",
+        ),
+        Target(
+            key="R2",
+            title="R2 routed request/response: latency at 2,000 requests/s over 100 connections",
+            scenario="routed-latency",
+            description="open loop, 2,000 requests/s in total over 100 conns, latency from "
+            "the scheduled send time; " + routed,
+            servers=_ROUTED_SERVERS,
+            metric="latency_p50_us",
+            higher_is_better=False,
+            wsload=_LATENCY,
+            quick=_ECHO_QUICK,
+            checks=(),
+            comparisons=_ROUTED_COMPARISONS,
+            section="routed",
+        ),
+        *(
+            Target(
+                key=f"S{c}",
+                title=f"S{c} service-to-service calls, {c} in flight",
+                scenario=f"rpc-c{c}",
+                description=rpc.format(c=c),
+                servers=("wsfabric-cluster-echo", "wsfabric-rpc"),
+                metric="msgs_per_s",
+                higher_is_better=True,
+                wsload=("echo", "-c", str(c), "-w", "1", "-s", "64", "-d", "6", "--warmup", "2"),
+                quick=_ECHO_QUICK,
+                checks=(),
+                section="routed",
+            )
+            for c in (1, 32)
+        ),
+        Target(
+            key="A1",
+            title="A1 connection rate with JWT authentication (HS256, ES256) vs none",
+            scenario="connrate-jwt",
+            description="16 concurrent cycles of connect + handshake + on_connect + close; "
+            "no authentication, HS256 and ES256 tokens in ?token= (checked before the "
+            "upgrade, uid bound before on_connect): 16 tokens for uids u0-u15, connection "
+            "slot i always uses uid i, so no two open connections share a uid; standalone "
+            "and a cluster of 1 gate + 1 backend + Redis on one core (rate per gate "
+            "CPU-second)",
+            servers=(
+                "wsfabric-echo", "wsfabric-echo-jwt-hs256", "wsfabric-echo-jwt-es256",
+                "wsfabric-cluster-echo", "wsfabric-cluster-echo-jwt-hs256",
+                "wsfabric-cluster-echo-jwt-es256",
+            ),
+            metric="cycles_per_s",
+            higher_is_better=True,
+            wsload=("connrate", "-c", "16", "-d", "5", "--warmup", "1"),
+            quick={"-d": "2"},
+            checks=(),
+            comparisons=(
+                ("wsfabric-cluster-echo-jwt-hs256", "wsfabric-cluster-echo"),
+                ("wsfabric-cluster-echo-jwt-es256", "wsfabric-cluster-echo"),
+            ),
+            section="routed",
         ),
     ]
 
@@ -351,6 +468,8 @@ class Outcome:
             "figures": self.summary["servers"],
             "ratios": self.summary["ratios"],
             "ratios_per_server_cpu": self.summary["ratios_per_server_cpu"],
+            "ratios_per_holder_cpu": self.summary.get("ratios_per_holder_cpu", {}),
+            "section": self.target.section,
             "checks": self.checks,
             "profiles": self.profiles,
         }
@@ -475,7 +594,7 @@ def _scenario(target: Target) -> rq.Scenario:
     comparisons = tuple(
         (c.server, c.baseline) for c in target.checks
         if c.baseline is not None and c.baseline != target.baseline
-    )
+    ) + target.comparisons
     return rq.Scenario(
         description=target.description,
         wsload=target.wsload,

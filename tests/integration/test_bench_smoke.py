@@ -78,6 +78,45 @@ class BenchSmokeTests(IntegrationTestCase):
             report = f.read()
         self.assertIn("| P1+P2 | P1 standalone / raw", report)
 
+    @async_test(timeout=110)
+    async def test_routed_and_jwt_scenarios(self) -> None:
+        """
+        The protobuf routed echo (wsload's --subprotocol and --payload-file)
+        and the ES256 connection rate (tokens in the URLs), one short run
+        each: both measure, with no handshake or protocol error, and the
+        report has the routed section; no token is written to the results.
+        """
+        if shutil.which("gcc") is None:
+            self.skipTest("gcc is needed to build the load generator")
+        out = tempfile.mkdtemp(prefix="wsfabric-bench-")
+        self.addCleanup(shutil.rmtree, out, True)
+        servers = ("wsfabric-routed-proto", "wsfabric-echo-jwt-es256")
+        argv = [
+            sys.executable, "-m", "bench", "run", "--no-venv", "--quick", "--only", "R1,A1",
+            "--servers", ",".join(servers), "--duration", "1", "--wait-quiet", "0",
+            "--retry-noisy", "0", "--no-profile", "--out", out,
+        ]
+        result = await asyncio.to_thread(
+            subprocess.run, argv, cwd=PROJECT, capture_output=True, text=True, timeout=100
+        )
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:] + result.stderr[-3000:])
+        with open(os.path.join(out, "runs.jsonl"), encoding="utf-8") as f:
+            text = f.read()
+        runs = {r["server"]: r for r in map(json.loads, text.splitlines())}
+        self.assertEqual(sorted(runs), sorted(servers))
+        routed, jwt = runs["wsfabric-routed-proto"], runs["wsfabric-echo-jwt-es256"]
+        for run in (routed, jwt):
+            self.assertTrue(run["ok"], run.get("error"))
+            self.assertEqual(run["loadgen"]["errors"], 0, run["loadgen"]["error_detail"])
+        self.assertEqual(routed["loadgen"]["subprotocol"], "wsfabric.proto")
+        self.assertEqual(routed["loadgen"]["other_msgs"], 0)  # every reply carried its stamp
+        self.assertGreater(routed["msgs_per_s"], 0)
+        self.assertGreater(jwt["cycles_per_s"], 0)
+        self.assertIn("?token=...", " ".join(jwt["loadgen_cmd"]))
+        self.assertNotIn("eyJ", text)  # a JWT's header, base64
+        with open(os.path.join(out, "report.md"), encoding="utf-8") as f:
+            self.assertIn("## Routed messages, RPC and authentication", f.read())
+
 
 def _running(pid: int) -> bool:
     try:
