@@ -257,6 +257,9 @@ class ParseTests(SynchronousTestCase):
         self.assertIn("integer", self.bad("close_client", b'{"client_id":"c","code":true}'))
         self.assertIn("JSON object", self.bad("set_info", b'{"client_id":"c","info":[]}'))
         self.assertIn("a JSON object with client_id", self.bad("get_info", b""))
+        # Only an empty body means "no arguments"; white space is not JSON
+        # (found by schemathesis).
+        self.assertIn("not valid JSON", self.bad("get_all_uids", b"\n"))
 
 
 class KeyTests(SynchronousTestCase):

@@ -154,7 +154,9 @@ def parse_arguments(name: str, body: bytes) -> dict[str, Any]:
     :raises ApiError: 400 naming what is wrong.
     """
     method = METHODS[name]
-    if not body.strip():
+    # Only a truly empty body stands for "no arguments": white space alone
+    # is not JSON, and is answered as such.
+    if not body:
         if method.required:
             raise _bad(f"the body must be a JSON object with {_listing(method.required)}")
         return {}
